@@ -1,0 +1,15 @@
+//! Public REST types of the Warren API.
+//!
+//! Every type here is serialized as JSON with camelCase field names and is part
+//! of the OpenAPI document served at `GET /openapi.json`. This crate does no I/O.
+
+mod error;
+mod exec;
+mod sandbox;
+
+pub use error::{ErrorBody, ErrorCode, ErrorDetail};
+pub use exec::{ExecRequest, ExecResult};
+pub use sandbox::{
+    CreateSandboxRequest, Health, ResolvedResources, Resources, Sandbox, SandboxList, SandboxState,
+    DEFAULT_CPUS, DEFAULT_IMAGE, DEFAULT_MEMORY_MB, DEFAULT_PIDS_LIMIT, DEFAULT_WORKDIR,
+};

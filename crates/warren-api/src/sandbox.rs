@@ -1,0 +1,179 @@
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// The image used when a create request names none.
+pub const DEFAULT_IMAGE: &str = "host";
+/// Default CPU quota, in cores.
+pub const DEFAULT_CPUS: f64 = 2.0;
+/// Default memory limit in MiB.
+pub const DEFAULT_MEMORY_MB: u64 = 2048;
+/// Default limit on the number of processes and threads.
+pub const DEFAULT_PIDS_LIMIT: u64 = 4096;
+/// Default working directory inside a sandbox.
+pub const DEFAULT_WORKDIR: &str = "/workspace";
+
+/// `POST /v1/sandboxes`: what to create. Every field is optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateSandboxRequest {
+    /// Image name; `host` (the default) is a read-only view of the host's system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// A human name for the sandbox (not unique, not an id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Resource limits; missing values take the defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    /// Environment variables for every command run in the sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
+    /// Default working directory for commands (created if missing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// Free-form labels, usable as list filters (`metadata.k=v`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BTreeMap<String, String>>,
+}
+
+/// Requested resource limits. Signed so that negative values reach
+/// validation and get a 422 naming the field rather than a parse error.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Resources {
+    /// CPU quota in cores (fractions allowed, for example 0.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    /// Memory limit in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<i64>,
+    /// Maximum number of processes and threads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_limit: Option<i64>,
+}
+
+/// The limits a sandbox actually runs with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedResources {
+    /// CPU quota in cores.
+    pub cpus: f64,
+    /// Memory limit in MiB.
+    pub memory_mb: u64,
+    /// Maximum number of processes and threads.
+    pub pids_limit: u64,
+}
+
+impl Default for ResolvedResources {
+    fn default() -> Self {
+        Self {
+            cpus: DEFAULT_CPUS,
+            memory_mb: DEFAULT_MEMORY_MB,
+            pids_limit: DEFAULT_PIDS_LIMIT,
+        }
+    }
+}
+
+/// Where a sandbox is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxState {
+    /// Being set up.
+    Creating,
+    /// Running; commands can be executed.
+    Running,
+    /// Frozen in memory.
+    Paused,
+    /// Saved to disk, not running.
+    Suspended,
+    /// Stopped; files kept.
+    Stopped,
+    /// Broke; `failureReason` says why. Files kept until deleted.
+    Failed,
+    /// Deleted; nothing left.
+    Deleted,
+}
+
+impl SandboxState {
+    /// The lowercase name used in JSON and in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Creating => "creating",
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Suspended => "suspended",
+            Self::Stopped => "stopped",
+            Self::Failed => "failed",
+            Self::Deleted => "deleted",
+        }
+    }
+
+    /// Parses the lowercase name; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "creating" => Self::Creating,
+            "running" => Self::Running,
+            "paused" => Self::Paused,
+            "suspended" => Self::Suspended,
+            "stopped" => Self::Stopped,
+            "failed" => Self::Failed,
+            "deleted" => Self::Deleted,
+            _ => return None,
+        })
+    }
+}
+
+/// A sandbox as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Sandbox {
+    /// DNS-label safe id: 20 lowercase letters and digits.
+    pub id: String,
+    /// The human name given at create, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Current state.
+    pub state: SandboxState,
+    /// Image the sandbox was created from.
+    pub image: String,
+    /// Isolation driver (`namespace`).
+    pub driver: String,
+    /// Limits in force.
+    pub resources: ResolvedResources,
+    /// Environment for every command.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Default working directory.
+    pub workdir: String,
+    /// Labels given at create.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// When the sandbox was created.
+    pub created_at: DateTime<Utc>,
+    /// When its state last changed.
+    pub updated_at: DateTime<Utc>,
+    /// Why the sandbox is `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+}
+
+/// `GET /v1/sandboxes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxList {
+    /// Sandboxes, newest first.
+    pub sandboxes: Vec<Sandbox>,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    /// Always `ok` when the daemon answers.
+    pub status: String,
+    /// Daemon version.
+    pub version: String,
+}
