@@ -1,0 +1,62 @@
+//! What the daemon hands the bootstrap helper to start one sandbox.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// A host directory or file shown read-only inside the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadOnlyBind {
+    /// Host path.
+    pub source: PathBuf,
+    /// Absolute path inside the sandbox.
+    pub target: PathBuf,
+}
+
+/// Everything needed to start one sandbox, serialized to the bootstrap
+/// helper's stdin as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchConfig {
+    /// Sandbox id, also its hostname.
+    pub id: String,
+    /// Overlay lower layers, topmost first (the image's root skeleton).
+    pub lower_dirs: Vec<PathBuf>,
+    /// Overlay upper directory: everything the sandbox writes.
+    pub upper_dir: PathBuf,
+    /// Overlay work directory (same filesystem as `upper_dir`).
+    pub work_dir: PathBuf,
+    /// Where the merged root is mounted inside the sandbox's mount namespace.
+    pub rootfs: PathBuf,
+    /// Host paths shown read-only (for the `host` image: /usr, /etc, …).
+    pub read_only_binds: Vec<ReadOnlyBind>,
+    /// Paths inside the sandbox hidden behind an empty file (secrets in /etc).
+    pub hidden_files: Vec<PathBuf>,
+    /// Host path of the static agent binary, bind-mounted read-only.
+    pub agent_binary: PathBuf,
+    /// Host path of the agent's unix socket.
+    pub agent_socket: PathBuf,
+    /// `cgroup.procs` files the helper joins before cloning.
+    pub cgroup_procs: Vec<PathBuf>,
+    /// First host uid/gid of the sandbox's id range (sandbox root maps here).
+    pub id_map_base: u32,
+    /// Number of ids mapped.
+    pub id_map_count: u32,
+    /// Default working directory of commands.
+    pub workdir: String,
+    /// Environment of every command.
+    pub env: Vec<(String, String)>,
+}
+
+/// Where the agent binary is mounted inside every sandbox.
+pub const AGENT_PATH_IN_SANDBOX: &str = "/.warren/agent";
+
+/// What the agent's PID 1 mode receives as its single JSON argument.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentInitConfig {
+    /// The inherited listening socket.
+    pub listen_fd: i32,
+    /// Default working directory.
+    pub workdir: String,
+    /// Environment for every command.
+    pub env: Vec<(String, String)>,
+}
