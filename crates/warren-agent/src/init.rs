@@ -1,0 +1,140 @@
+//! PID 1 inside the sandbox: accept daemon connections and serve frames.
+
+use std::io::Write;
+use std::os::fd::FromRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use warren_linux::launch::AgentInitConfig;
+use warren_proto::{read_frame, write_frame, Frame, PROTOCOL_VERSION};
+
+use crate::reaper::Reaper;
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+struct Agent {
+    env: Vec<(String, String)>,
+    workdir: String,
+    reaper: Reaper,
+}
+
+pub fn run(config_json: &str) -> i32 {
+    let cfg: AgentInitConfig = match serde_json::from_str(config_json) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("warren-agent: bad init config: {e}");
+            return 2;
+        }
+    };
+    let _ = std::fs::create_dir_all(&cfg.workdir);
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let mut env: Vec<(String, String)> = vec![
+        ("PATH".into(), DEFAULT_PATH.into()),
+        ("HOME".into(), "/root".into()),
+        ("USER".into(), "root".into()),
+        ("LANG".into(), "C.UTF-8".into()),
+        ("TERM".into(), "xterm-256color".into()),
+        ("HOSTNAME".into(), hostname.trim().to_string()),
+    ];
+    for (k, v) in cfg.env {
+        env.retain(|(existing, _)| existing != &k);
+        env.push((k, v));
+    }
+    let agent = Arc::new(Agent {
+        env,
+        workdir: cfg.workdir,
+        reaper: Reaper::start(),
+    });
+    // SAFETY: the bootstrap passed us this listening socket and nothing else owns it.
+    let listener = unsafe { UnixListener::from_raw_fd(cfg.listen_fd) };
+    // SAFETY: fcntl on the fd we now own; keeps it out of commands we spawn.
+    unsafe { libc::fcntl(cfg.listen_fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    for conn in listener.incoming() {
+        match conn {
+            Ok(stream) => {
+                let agent = Arc::clone(&agent);
+                std::thread::spawn(move || serve_connection(&agent, stream));
+            }
+            Err(e) => eprintln!("warren-agent: accept: {e}"),
+        }
+    }
+    0
+}
+
+fn send(writer: &Mutex<UnixStream>, frame: &Frame) {
+    let mut w = writer.lock().unwrap_or_else(PoisonError::into_inner);
+    let _ = write_frame(&mut *w, frame);
+    let _ = w.flush();
+}
+
+fn serve_connection(agent: &Arc<Agent>, stream: UnixStream) {
+    let Ok(write_half) = stream.try_clone() else {
+        return;
+    };
+    let writer = Arc::new(Mutex::new(write_half));
+    let mut reader = std::io::BufReader::new(stream);
+    match read_frame(&mut reader) {
+        Ok(Some(Frame::Hello { version, .. })) if version >= 1 => {}
+        Ok(Some(Frame::Hello { version, .. })) => {
+            send(
+                &writer,
+                &Frame::Error {
+                    stream: None,
+                    message: format!("unsupported protocol version {version}"),
+                },
+            );
+            return;
+        }
+        _ => {
+            send(
+                &writer,
+                &Frame::Error {
+                    stream: None,
+                    message: "expected hello".into(),
+                },
+            );
+            return;
+        }
+    }
+    send(
+        &writer,
+        &Frame::Hello {
+            version: PROTOCOL_VERSION,
+            software: Some(format!("warren-agent {}", env!("CARGO_PKG_VERSION"))),
+        },
+    );
+    loop {
+        let frame = match read_frame(&mut reader) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return,
+            Err(e) => {
+                send(
+                    &writer,
+                    &Frame::Error {
+                        stream: None,
+                        message: e.to_string(),
+                    },
+                );
+                return;
+            }
+        };
+        match frame {
+            Frame::Exec(req) => {
+                let agent = Arc::clone(agent);
+                let writer = Arc::clone(&writer);
+                std::thread::spawn(move || {
+                    let done = crate::exec::run(req, &agent.env, &agent.workdir, &agent.reaper);
+                    send(&writer, &Frame::ExecDone(done));
+                });
+            }
+            Frame::Ping { stream } => send(&writer, &Frame::Pong { stream }),
+            other => send(
+                &writer,
+                &Frame::Error {
+                    stream: None,
+                    message: format!("unexpected frame {other:?}"),
+                },
+            ),
+        }
+    }
+}
