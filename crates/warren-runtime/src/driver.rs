@@ -1,0 +1,127 @@
+//! The contract between the service layer and an isolation driver.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// Everything a driver needs to start a sandbox. Values are already validated
+/// and defaulted by the service layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxSpec {
+    /// DNS-label safe sandbox id; also the hostname inside the sandbox.
+    pub id: String,
+    /// Image name (`host` is the only built-in image).
+    pub image: String,
+    /// CPU quota in cores.
+    pub cpus: f64,
+    /// Memory limit in bytes.
+    pub memory_bytes: u64,
+    /// Process/thread limit.
+    pub pids_limit: u64,
+    /// Environment for every command.
+    pub env: Vec<(String, String)>,
+    /// Default working directory inside the sandbox.
+    pub workdir: String,
+}
+
+/// What the store keeps about a running sandbox so that a restarted daemon
+/// can find it again. Opaque to the service layer (stored as JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeInfo {
+    /// Host pid of the sandbox's PID 1 (the agent).
+    pub pid: i32,
+    /// Its start time in clock ticks (field 22 of /proc/PID/stat), so a
+    /// recycled pid is never mistaken for the sandbox.
+    pub start_time: u64,
+    /// The unix socket the agent listens on.
+    pub agent_socket: PathBuf,
+}
+
+/// One command to run to completion.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExecSpec {
+    /// Program and arguments (`argv[0]` is looked up in PATH).
+    pub argv: Vec<String>,
+    /// Working directory; `None` means the sandbox's workdir.
+    pub cwd: Option<String>,
+    /// Environment added on top of the sandbox's.
+    pub env: Vec<(String, String)>,
+    /// Bytes written to stdin before it is closed.
+    pub stdin: Vec<u8>,
+    /// Kill the process group after this long.
+    pub timeout: Option<Duration>,
+}
+
+/// The result of [`Driver::exec`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExecOutcome {
+    /// Exit code, or 128+signal.
+    pub exit_code: i32,
+    /// Captured stdout.
+    pub stdout: Vec<u8>,
+    /// Captured stderr.
+    pub stderr: Vec<u8>,
+    /// Wall-clock duration.
+    pub duration: Duration,
+    /// Killed by the timeout.
+    pub timed_out: bool,
+}
+
+/// Errors a driver reports. Each names the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The driver does not know this image.
+    #[error("unknown image {0:?}")]
+    UnknownImage(String),
+    /// Setting the sandbox up failed.
+    #[error("creating sandbox failed at {step}: {message}")]
+    Create {
+        /// The step that failed (for example `cgroup`, `overlay mount`).
+        step: String,
+        /// What the kernel or the helper said.
+        message: String,
+    },
+    /// The sandbox's agent cannot be reached (the sandbox died, or is gone).
+    #[error("sandbox agent unavailable: {0}")]
+    AgentUnavailable(String),
+    /// The agent answered with an error.
+    #[error("agent error: {0}")]
+    Agent(String),
+    /// Any other I/O failure on the host.
+    #[error("{context}: {source}")]
+    Io {
+        /// What Warren was doing.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// An isolation driver: it creates sandboxes, runs commands in them and
+/// destroys them. Optional powers (pause, snapshot, checkpoint) are separate
+/// traits.
+#[async_trait]
+pub trait Driver: Send + Sync {
+    /// The driver's name as shown in the API (`namespace`).
+    fn name(&self) -> &'static str;
+
+    /// True when `image` can be used with [`Driver::create`].
+    fn has_image(&self, image: &str) -> bool;
+
+    /// Creates and starts a sandbox; returns once its agent is ready.
+    async fn create(&self, spec: &SandboxSpec) -> Result<RuntimeInfo, DriverError>;
+
+    /// Reconnects to a sandbox that was started by an earlier daemon process.
+    /// An error means the sandbox is dead and should be marked failed.
+    async fn adopt(&self, id: &str, info: &RuntimeInfo) -> Result<(), DriverError>;
+
+    /// Runs a command to completion.
+    async fn exec(&self, id: &str, spec: ExecSpec) -> Result<ExecOutcome, DriverError>;
+
+    /// Kills every process of the sandbox and removes its cgroups, mounts and
+    /// files. Idempotent: destroying a sandbox that is already gone succeeds.
+    async fn destroy(&self, id: &str, info: Option<&RuntimeInfo>) -> Result<(), DriverError>;
+}

@@ -1,0 +1,9 @@
+//! Warren's isolation drivers behind one [`Driver`] trait.
+
+mod agent_conn;
+mod driver;
+mod namespace;
+mod process_state;
+
+pub use driver::{Driver, DriverError, ExecOutcome, ExecSpec, RuntimeInfo, SandboxSpec};
+pub use namespace::{NamespaceConfig, NamespaceDriver, AGENT_BINARY};

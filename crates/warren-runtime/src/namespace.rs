@@ -1,0 +1,393 @@
+//! The namespace driver: native Linux namespaces, an overlay root, cgroups.
+//! The clone itself happens in `warren-agent bootstrap`, a single-threaded
+//! helper process, never in the daemon's tokio threads.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::io::AsyncWriteExt;
+use warren_linux::cgroup::{CgroupLayout, CgroupLimits};
+use warren_linux::host_image::{self, HostImage};
+use warren_linux::LaunchConfig;
+use warren_proto::Frame;
+
+use crate::agent_conn::AgentConn;
+use crate::driver::{Driver, DriverError, ExecOutcome, ExecSpec, RuntimeInfo, SandboxSpec};
+use crate::process_state;
+
+/// The agent binary built by build.rs (static-pie).
+pub static AGENT_BINARY: &[u8] = include_bytes!(env!("WARREN_AGENT_PATH"));
+
+/// Settings of the namespace driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceConfig {
+    /// Warren's data directory (sandboxes, images, the agent binary).
+    pub data_dir: PathBuf,
+    /// Name of the parent cgroup under each hierarchy (default `warren`).
+    pub cgroup_parent: String,
+    /// First host uid/gid that sandbox ids map to (sandbox root = this uid).
+    pub id_map_base: u32,
+    /// Size of the mapped id range.
+    pub id_map_count: u32,
+}
+
+impl NamespaceConfig {
+    /// The defaults for a data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            cgroup_parent: "warren".into(),
+            id_map_base: 1_000_000,
+            id_map_count: 65536,
+        }
+    }
+}
+
+/// Native Linux isolation: user, mount, pid, net, ipc, uts and cgroup
+/// namespaces over an overlay root.
+pub struct NamespaceDriver {
+    cfg: NamespaceConfig,
+    agent_path: PathBuf,
+    host_image: HostImage,
+    cgroups: CgroupLayout,
+    agents: Mutex<HashMap<String, Arc<AgentConn>>>,
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> DriverError {
+    let context = context.into();
+    move |source| DriverError::Io { context, source }
+}
+
+fn create_err(step: &str, message: impl std::fmt::Display) -> DriverError {
+    DriverError::Create {
+        step: step.into(),
+        message: message.to_string(),
+    }
+}
+
+impl NamespaceDriver {
+    /// Prepares the data directory: installs the agent binary and builds the
+    /// `host` image skeleton. Also makes this process a child subreaper, so
+    /// sandbox inits it started are reparented to it and reaped on destroy.
+    pub fn new(cfg: NamespaceConfig) -> Result<Self, DriverError> {
+        let data = &cfg.data_dir;
+        for dir in ["bin", "images/host", "sandboxes"] {
+            std::fs::create_dir_all(data.join(dir))
+                .map_err(io_err(format!("create {}", data.join(dir).display())))?;
+        }
+        std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o711))
+            .map_err(io_err(format!("chmod {}", data.display())))?;
+        let agent_path = install_agent(&data.join("bin"))?;
+        let data_abs = std::fs::canonicalize(data).unwrap_or_else(|_| data.clone());
+        let host_image = host_image::prepare(
+            &data.join("images/host"),
+            Path::new("/"),
+            cfg.id_map_base,
+            cfg.id_map_base,
+            &[data_abs],
+        )
+        .map_err(io_err("prepare the host image"))?;
+        // SAFETY: prctl with integer arguments only.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        Ok(Self {
+            cgroups: CgroupLayout::detect(),
+            cfg,
+            agent_path,
+            host_image,
+            agents: Mutex::default(),
+        })
+    }
+
+    fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.cfg.data_dir.join("sandboxes").join(id)
+    }
+
+    fn socket_path(&self, id: &str) -> PathBuf {
+        self.sandbox_dir(id).join("agent.sock")
+    }
+
+    /// The cgroup layout in use (v1 or v2).
+    pub fn cgroup_layout(&self) -> &CgroupLayout {
+        &self.cgroups
+    }
+
+    /// The sandbox's cgroup directories.
+    pub fn cgroup_dirs(&self, id: &str) -> Vec<PathBuf> {
+        self.cgroups.dirs(&self.cfg.cgroup_parent, id)
+    }
+
+    fn conn(&self, id: &str) -> Option<Arc<AgentConn>> {
+        self.agents
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned()
+    }
+
+    async fn launch(&self, spec: &SandboxSpec) -> Result<i32, DriverError> {
+        let dir = self.sandbox_dir(&spec.id);
+        let (upper, work, rootfs) = (dir.join("upper"), dir.join("work"), dir.join("rootfs"));
+        for d in [&upper, &work, &rootfs] {
+            std::fs::create_dir_all(d).map_err(io_err(format!("create {}", d.display())))?;
+        }
+        for d in [&upper, &work] {
+            std::os::unix::fs::chown(d, Some(self.cfg.id_map_base), Some(self.cfg.id_map_base))
+                .map_err(io_err(format!("chown {}", d.display())))?;
+        }
+        let limits = CgroupLimits {
+            cpus: spec.cpus,
+            memory_bytes: spec.memory_bytes,
+            pids: spec.pids_limit,
+        };
+        let cgroup_procs = self
+            .cgroups
+            .create(&self.cfg.cgroup_parent, &spec.id, limits)
+            .map_err(|e| create_err("cgroup", e))?;
+        let launch = LaunchConfig {
+            id: spec.id.clone(),
+            lower_dirs: vec![self.host_image.rootfs.clone()],
+            upper_dir: upper,
+            work_dir: work,
+            rootfs,
+            read_only_binds: self.host_image.binds.clone(),
+            hidden_files: self.host_image.hidden.clone(),
+            agent_binary: self.agent_path.clone(),
+            agent_socket: self.socket_path(&spec.id),
+            cgroup_procs,
+            id_map_base: self.cfg.id_map_base,
+            id_map_count: self.cfg.id_map_count,
+            workdir: spec.workdir.clone(),
+            env: spec.env.clone(),
+        };
+        let input =
+            serde_json::to_vec(&launch).map_err(|e| create_err("encode launch config", e))?;
+        let mut child = spawn_bootstrap(&self.agent_path).await?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(&input)
+                .await
+                .map_err(|e| create_err("send launch config", e))?;
+        }
+        let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+            .await
+            .map_err(|_| create_err("bootstrap", "the helper did not finish within 30 s"))?
+            .map_err(|e| create_err("bootstrap", e))?;
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|_| {
+            create_err(
+                "bootstrap",
+                format!(
+                    "helper said: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            )
+        })?;
+        if let Some(err) = report.get("error").and_then(|e| e.as_str()) {
+            return Err(create_err("sandbox setup", err));
+        }
+        report
+            .get("pid")
+            .and_then(serde_json::Value::as_i64)
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or_else(|| create_err("bootstrap", "helper reported no pid"))
+    }
+
+    fn cleanup(&self, id: &str) -> Result<(), DriverError> {
+        self.cgroups
+            .remove(&self.cfg.cgroup_parent, id)
+            .map_err(|e| DriverError::Io {
+                context: format!("remove cgroups of {id}"),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        let dir = self.sandbox_dir(id);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(io_err(format!("remove {}", dir.display()))(e))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Starts the helper. ETXTBSY can occur for a moment after the binary was
+/// written while another thread forks (the classic fork/exec write-fd race),
+/// so that one error is retried.
+async fn spawn_bootstrap(agent: &Path) -> Result<tokio::process::Child, DriverError> {
+    let mut attempts = 0;
+    loop {
+        let spawned = tokio::process::Command::new(agent)
+            .arg("bootstrap")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn();
+        match spawned {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempts < 50 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => return other.map_err(|e| create_err("spawn bootstrap helper", e)),
+        }
+    }
+}
+
+/// Writes the embedded agent to `bin/warren-agent` when it differs.
+fn install_agent(bin_dir: &Path) -> Result<PathBuf, DriverError> {
+    let path = bin_dir.join("warren-agent");
+    if std::fs::read(&path)
+        .map(|b| b == AGENT_BINARY)
+        .unwrap_or(false)
+    {
+        return Ok(path);
+    }
+    let tmp = bin_dir.join(format!(".warren-agent.{}", std::process::id()));
+    std::fs::write(&tmp, AGENT_BINARY).map_err(io_err(format!("write {}", tmp.display())))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+        .map_err(io_err("chmod agent"))?;
+    std::fs::rename(&tmp, &path).map_err(io_err(format!("install {}", path.display())))?;
+    Ok(path)
+}
+
+#[async_trait]
+impl Driver for NamespaceDriver {
+    fn name(&self) -> &'static str {
+        "namespace"
+    }
+
+    fn has_image(&self, image: &str) -> bool {
+        image == "host"
+    }
+
+    async fn create(&self, spec: &SandboxSpec) -> Result<RuntimeInfo, DriverError> {
+        if !self.has_image(&spec.image) {
+            return Err(DriverError::UnknownImage(spec.image.clone()));
+        }
+        let pid = match self.launch(spec).await {
+            Ok(pid) => pid,
+            Err(e) => {
+                let _ = self.cleanup(&spec.id);
+                return Err(e);
+            }
+        };
+        let start_time = process_state::stat(pid)
+            .map(|(_, start)| start)
+            .unwrap_or_default();
+        let info = RuntimeInfo {
+            pid,
+            start_time,
+            agent_socket: self.socket_path(&spec.id),
+        };
+        match AgentConn::connect(&info.agent_socket).await {
+            Ok(conn) => {
+                self.agents
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(spec.id.clone(), conn);
+                Ok(info)
+            }
+            Err(e) => {
+                let _ = self.destroy(&spec.id, Some(&info)).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn adopt(&self, id: &str, info: &RuntimeInfo) -> Result<(), DriverError> {
+        if !process_state::is_same_live_process(info.pid, info.start_time) {
+            return Err(DriverError::AgentUnavailable(format!(
+                "sandbox init (pid {}) is gone",
+                info.pid
+            )));
+        }
+        let conn = AgentConn::connect(&info.agent_socket).await?;
+        self.agents
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.to_string(), conn);
+        Ok(())
+    }
+
+    async fn exec(&self, id: &str, spec: ExecSpec) -> Result<ExecOutcome, DriverError> {
+        let conn = match self.conn(id) {
+            Some(conn) if conn.is_alive() => conn,
+            _ => {
+                // The connection dropped (agent restarted its accept, or a
+                // daemon restart raced): one reconnect before giving up.
+                let conn = AgentConn::connect(&self.socket_path(id)).await?;
+                self.agents
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(id.to_string(), Arc::clone(&conn));
+                conn
+            }
+        };
+        let answer = conn
+            .request(|stream| {
+                Frame::Exec(warren_proto::ExecRequest {
+                    stream,
+                    argv: spec.argv,
+                    cwd: spec.cwd,
+                    env: spec.env,
+                    stdin: spec.stdin,
+                    timeout_ms: spec.timeout.map(|t| t.as_millis() as u64),
+                })
+            })
+            .await?;
+        match answer {
+            Frame::ExecDone(done) => Ok(ExecOutcome {
+                exit_code: done.exit_code,
+                stdout: done.stdout,
+                stderr: done.stderr,
+                duration: Duration::from_millis(done.duration_ms),
+                timed_out: done.timed_out,
+            }),
+            Frame::Error { message, .. } => Err(DriverError::Agent(message)),
+            other => Err(DriverError::Agent(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    async fn destroy(&self, id: &str, info: Option<&RuntimeInfo>) -> Result<(), DriverError> {
+        self.agents
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id);
+        if let Some(info) = info.cloned() {
+            tokio::task::spawn_blocking(move || {
+                process_state::kill_and_wait(info.pid, info.start_time)
+            })
+            .await
+            .map_err(|e| DriverError::Io {
+                context: "wait for sandbox exit".into(),
+                source: std::io::Error::other(e),
+            })?;
+        }
+        let this_dir = self.sandbox_dir(id);
+        let cgroups = self.cgroups.clone();
+        let parent = self.cfg.cgroup_parent.clone();
+        let id_owned = id.to_string();
+        tokio::task::spawn_blocking(move || {
+            cgroups
+                .remove(&parent, &id_owned)
+                .map_err(|e| DriverError::Io {
+                    context: format!("remove cgroups of {id_owned}"),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+            match std::fs::remove_dir_all(&this_dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(io_err(format!("remove {}", this_dir.display()))(e))
+                }
+                _ => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| DriverError::Io {
+            context: "remove sandbox".into(),
+            source: std::io::Error::other(e),
+        })?
+    }
+}

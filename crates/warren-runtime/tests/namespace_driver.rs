@@ -1,0 +1,406 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Privileged integration tests of the namespace driver: real namespaces,
+//! real overlay mounts, real cgroups. They skip (with a printed reason) when
+//! not run as root.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use warren_runtime::{
+    Driver, ExecSpec, NamespaceConfig, NamespaceDriver, RuntimeInfo, SandboxSpec,
+};
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: needs root for namespaces, overlay and cgroups");
+            return;
+        }
+    };
+}
+
+/// One driver on a private data dir and a private cgroup parent; removes
+/// everything on drop, even when the test fails.
+struct Harness {
+    driver: NamespaceDriver,
+    data: tempfile::TempDir,
+    parent: String,
+    live: std::sync::Mutex<Vec<(String, RuntimeInfo)>>,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl Harness {
+    fn new() -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let parent = format!(
+            "warren-test-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut cfg = NamespaceConfig::new(data.path());
+        cfg.cgroup_parent = parent.clone();
+        let driver = NamespaceDriver::new(cfg).unwrap();
+        Self {
+            driver,
+            data,
+            parent,
+            live: Default::default(),
+        }
+    }
+
+    fn spec(&self, id: &str) -> SandboxSpec {
+        SandboxSpec {
+            id: id.into(),
+            image: "host".into(),
+            cpus: 1.0,
+            memory_bytes: 256 << 20,
+            pids_limit: 128,
+            env: vec![("GREETING".into(), "hello".into())],
+            workdir: "/workspace".into(),
+        }
+    }
+
+    async fn create(&self, spec: &SandboxSpec) -> RuntimeInfo {
+        let info = self.driver.create(spec).await.unwrap();
+        self.live
+            .lock()
+            .unwrap()
+            .push((spec.id.clone(), info.clone()));
+        info
+    }
+
+    async fn sh(&self, id: &str, script: &str) -> (i32, String, String) {
+        let out = self
+            .driver
+            .exec(
+                id,
+                ExecSpec {
+                    argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        (
+            out.exit_code,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    async fn destroy(&self, id: &str) {
+        let info = {
+            let mut live = self.live.lock().unwrap();
+            let pos = live.iter().position(|(i, _)| i == id).unwrap();
+            live.remove(pos).1
+        };
+        self.driver.destroy(id, Some(&info)).await.unwrap();
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        for (id, info) in self.live.lock().unwrap().drain(..) {
+            // SAFETY: kill(2) on the sandbox init we started.
+            unsafe { libc::kill(info.pid, libc::SIGKILL) };
+            std::thread::sleep(Duration::from_millis(20));
+            let _ = warren_linux::cgroup::CgroupLayout::detect().remove(&self.parent, &id);
+        }
+        warren_linux::cgroup::CgroupLayout::detect().remove_parent_if_empty(&self.parent);
+    }
+}
+
+fn mountinfo_mentions(path: &std::path::Path) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .contains(&path.display().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_runs_commands_in_its_own_namespaces() {
+    require_root!();
+    let h = Harness::new();
+    let spec = h.spec("nsbasics1");
+    let info = h.create(&spec).await;
+    assert!(info.pid > 1);
+
+    // PID 1 is the agent; our shell is its child in a fresh pid namespace.
+    let (code, out, err) = h.sh("nsbasics1", "echo $$; cat /proc/1/comm; ps -o ppid= -p $$ 2>/dev/null || awk '{print $4}' /proc/$$/stat").await;
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[1], "agent", "{out}");
+    assert_eq!(
+        lines[2].trim(),
+        "1",
+        "shell's parent must be the agent (pid 1): {out}"
+    );
+
+    let (_, out, _) = h
+        .sh("nsbasics1", "hostname; pwd; echo $GREETING; id -u")
+        .await;
+    assert_eq!(out, "nsbasics1\n/workspace\nhello\n0\n");
+
+    // Root inside maps to the unprivileged host range.
+    let (_, out, _) = h.sh("nsbasics1", "cat /proc/self/uid_map").await;
+    let fields: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(fields, vec!["0", "1000000", "65536"]);
+
+    // Only loopback in its network namespace.
+    let (_, out, _) = h.sh("nsbasics1", "ls /sys/class/net").await;
+    assert_eq!(out.trim(), "lo");
+
+    // Host processes are invisible.
+    let (_, out, _) = h.sh("nsbasics1", "ls /proc | grep -c '^[0-9]'").await;
+    assert!(
+        out.trim().parse::<u32>().unwrap() <= 4,
+        "sandbox sees too many processes: {out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_private_paths_are_invisible_and_system_dirs_read_only() {
+    require_root!();
+    let h = Harness::new();
+    h.create(&h.spec("nsfs1")).await;
+    std::fs::create_dir_all("/root").unwrap();
+    let marker = PathBuf::from("/root/.warren-test-marker");
+    std::fs::write(&marker, "host secret").unwrap();
+
+    let (_, out, _) = h
+        .sh(
+            "nsfs1",
+            "ls -A /root | wc -l; ls -A /home | wc -l; cat /etc/shadow | wc -c; ls /run | wc -l",
+        )
+        .await;
+    std::fs::remove_file(&marker).unwrap();
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        vec!["0", "0", "0", "0"],
+        "{out}"
+    );
+
+    // Warren's data directory is not visible either.
+    let (_, out, _) = h
+        .sh(
+            "nsfs1",
+            &format!("ls {} 2>&1 | head -1", h.data.path().display()),
+        )
+        .await;
+    assert!(out.contains("No such file"), "{out}");
+
+    // Writes to /usr fail and never reach the host.
+    let (code, _, err) = h.sh("nsfs1", "touch /usr/warren-escape").await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("Read-only") || err.contains("Permission denied"),
+        "{err}"
+    );
+    assert!(!std::path::Path::new("/usr/warren-escape").exists());
+
+    // Private writable dirs work and land in the sandbox's upper layer only.
+    let (code, out, _) = h
+        .sh(
+            "nsfs1",
+            "echo data > /workspace/f && echo tmp > /tmp/t && cat /workspace/f /tmp/t",
+        )
+        .await;
+    assert_eq!((code, out.as_str()), (0, "data\ntmp\n"));
+    assert!(h
+        .data
+        .path()
+        .join("sandboxes/nsfs1/upper/workspace/f")
+        .exists());
+    assert!(!std::path::Path::new("/workspace/f").exists());
+
+    // /dev is minimal.
+    let (_, out, _) = h.sh("nsfs1", "ls /dev | tr '\\n' ' '").await;
+    for dev in [
+        "null", "zero", "full", "random", "urandom", "tty", "ptmx", "pts", "shm",
+    ] {
+        assert!(
+            out.split_whitespace().any(|d| d == dev),
+            "/dev lacks {dev}: {out}"
+        );
+    }
+    assert!(!out.contains("vda") && !out.contains("sda"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_reports_missing_binaries_timeouts_and_stdin() {
+    require_root!();
+    let h = Harness::new();
+    h.create(&h.spec("nsexec1")).await;
+    let out = h
+        .driver
+        .exec(
+            "nsexec1",
+            ExecSpec {
+                argv: vec!["definitely-not-a-command".into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 127);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("command not found"));
+
+    let out = h
+        .driver
+        .exec(
+            "nsexec1",
+            ExecSpec {
+                argv: vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    "sleep 30 & sleep 30; echo never".into(),
+                ],
+                timeout: Some(Duration::from_millis(300)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(out.timed_out);
+    assert_eq!(out.exit_code, 128 + 9);
+    // The whole process group died, the background sleep included.
+    let (_, ps, _) = h
+        .sh(
+            "nsexec1",
+            "for p in /proc/[0-9]*; do cat $p/comm; done | grep -c sleep || true",
+        )
+        .await;
+    assert_eq!(ps.trim(), "0", "orphaned sleep survived the timeout");
+
+    let out = h
+        .driver
+        .exec(
+            "nsexec1",
+            ExecSpec {
+                argv: vec!["cat".into()],
+                stdin: b"piped input".to_vec(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"piped input");
+
+    // Zombies are reaped by the agent.
+    let (_, out, _) = h
+        .sh(
+            "nsexec1",
+            "sh -c 'true & exit 0'; sleep 0.2; grep -l '^State:.*Z' /proc/[0-9]*/status | wc -l",
+        )
+        .await;
+    assert_eq!(out.trim(), "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_and_pids_limits_hold() {
+    require_root!();
+    let h = Harness::new();
+    let mut spec = h.spec("nslimits1");
+    spec.memory_bytes = 64 << 20;
+    spec.pids_limit = 32;
+    h.create(&spec).await;
+    let dirs = h.driver.cgroup_dirs("nslimits1");
+    assert!(!dirs.is_empty());
+    // Allocating 256 MiB in a 64 MiB sandbox gets the allocator killed.
+    let (code, _, _) = h
+        .sh(
+            "nslimits1",
+            "head -c 268435456 /dev/zero | tail > /dev/null",
+        )
+        .await;
+    assert_eq!(code, 128 + 9, "memory hog was not OOM-killed");
+    // A fork loop cannot get past 32 tasks: the host sees the cgroup at its
+    // limit and counts refused forks (the shell itself dies on EAGAIN).
+    let pids_dir = dirs
+        .iter()
+        .find(|d| d.join("pids.max").exists())
+        .expect("pids cgroup");
+    assert_eq!(
+        std::fs::read_to_string(pids_dir.join("pids.max"))
+            .unwrap()
+            .trim(),
+        "32"
+    );
+    let (code, _, _) = h
+        .sh(
+            "nslimits1",
+            "i=0; while [ $i -lt 100 ]; do sleep 2 & i=$((i+1)); done; echo finished",
+        )
+        .await;
+    assert_ne!(code, 0, "a shell forking 100 children must hit the limit");
+    let current: u32 = std::fs::read_to_string(pids_dir.join("pids.current"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(current <= 32, "pids.current {current} exceeds the limit");
+    let events = std::fs::read_to_string(pids_dir.join("pids.events")).unwrap();
+    let refused: u64 = events.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(refused > 0, "no fork was refused: {events}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The sandbox still works afterwards.
+    let (code, out, _) = h.sh("nslimits1", "echo alive").await;
+    assert_eq!((code, out.as_str()), (0, "alive\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_leaves_nothing_behind() {
+    require_root!();
+    let h = Harness::new();
+    let info = h.create(&h.spec("nsrm1")).await;
+    h.sh("nsrm1", "sleep 60 & echo started").await;
+    let dirs = h.driver.cgroup_dirs("nsrm1");
+    assert!(dirs.iter().all(|d| d.exists()));
+    let sandbox_dir = h.data.path().join("sandboxes/nsrm1");
+    h.destroy("nsrm1").await;
+    assert!(!sandbox_dir.exists(), "sandbox directory left behind");
+    assert!(dirs.iter().all(|d| !d.exists()), "cgroups left behind");
+    assert!(!mountinfo_mentions(&sandbox_dir), "mounts left behind");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{}", info.pid)).exists(),
+        "sandbox init still exists"
+    );
+    // Destroying again is fine.
+    h.driver.destroy("nsrm1", Some(&info)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_driver_adopts_running_sandboxes() {
+    require_root!();
+    let h = Harness::new();
+    let info = h.create(&h.spec("nsadopt1")).await;
+    h.sh("nsadopt1", "echo kept > /workspace/state").await;
+    // A second driver on the same data dir (a restarted daemon) reconnects.
+    let mut cfg = NamespaceConfig::new(h.data.path());
+    cfg.cgroup_parent = h.parent.clone();
+    let again = NamespaceDriver::new(cfg).unwrap();
+    again.adopt("nsadopt1", &info).await.unwrap();
+    let out = again
+        .exec(
+            "nsadopt1",
+            ExecSpec {
+                argv: vec!["cat".into(), "/workspace/state".into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"kept\n");
+    // A stale record (wrong start time) is refused.
+    let stale = RuntimeInfo {
+        start_time: info.start_time + 1,
+        ..info
+    };
+    assert!(again.adopt("nsadopt1", &stale).await.is_err());
+}
