@@ -1,0 +1,210 @@
+//! Warren's HTTP API: routes (parsing and auth only), the sandbox service that
+//! owns state transitions, and the OpenAPI document.
+
+mod api_json;
+mod auth;
+mod error;
+mod openapi;
+mod request_log;
+mod request_validation;
+mod routes;
+mod sandbox_service;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::net::{TcpListener, UnixListener};
+use warren_runtime::Driver;
+use warren_store::Store;
+
+pub use api_json::ApiJson;
+pub use auth::bearer_token;
+pub use error::ApiError;
+pub use openapi::openapi;
+pub use request_validation::{validate_create, validate_exec, ValidatedCreate};
+pub use sandbox_service::{
+    new_sandbox_id, ListFilter, RecoveryReport, SandboxService, GONE_AFTER_RESTART,
+};
+
+/// Largest accepted request body (16 MiB); larger bodies get 413.
+pub const BODY_LIMIT_BYTES: usize = 16 * 1024 * 1024;
+
+/// Where `warren serve` listens and keeps its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Data directory (database, sandbox files).
+    pub data_dir: PathBuf,
+    /// Unix socket for local clients; no auth, mode 0600.
+    pub socket_path: PathBuf,
+    /// Optional TCP address; requests there need `Authorization: Bearer <key>`.
+    pub listen: Option<SocketAddr>,
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The sandbox service.
+    pub service: Arc<SandboxService>,
+    /// The store (for API keys).
+    pub store: Store,
+}
+
+impl AppState {
+    /// State with a new service over `store` and `driver`.
+    pub fn new(store: Store, driver: Arc<dyn Driver>) -> Self {
+        Self {
+            service: Arc::new(SandboxService::new(store.clone(), driver)),
+            store,
+        }
+    }
+}
+
+fn build_router(state: AppState, require_key: bool) -> Router {
+    let store = state.store.clone();
+    let mut router = Router::new()
+        .route(
+            "/v1/sandboxes",
+            post(routes::create_sandbox).get(routes::list_sandboxes),
+        )
+        .route(
+            "/v1/sandboxes/{id}",
+            get(routes::get_sandbox).delete(routes::delete_sandbox),
+        )
+        .route("/v1/sandboxes/{id}/exec", post(routes::exec_in_sandbox))
+        .route("/healthz", get(routes::healthz))
+        .route("/openapi.json", get(routes::openapi_json))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .layer(middleware::from_fn(request_log::catch_panic));
+    if require_key {
+        router = router.layer(middleware::from_fn_with_state(store, auth::require_api_key));
+    }
+    router.layer(middleware::from_fn(request_log::log_request))
+}
+
+/// The API without authentication (served on the unix socket).
+pub fn router(state: AppState) -> Router {
+    build_router(state, false)
+}
+
+/// The API behind bearer-key authentication (served on TCP).
+pub fn authenticated_router(state: AppState) -> Router {
+    build_router(state, true)
+}
+
+/// Binds the unix socket so that it is never reachable with a wider mode:
+/// bind inside a private 0700 directory, chmod 0600, then rename into place.
+async fn bind_unix_socket(socket_path: &Path) -> anyhow::Result<UnixListener> {
+    let parent = socket_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !parent.exists() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating socket directory {}", parent.display()))?;
+        std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("setting mode of {}", parent.display()))?;
+    }
+    if socket_path.exists() {
+        if tokio::net::UnixStream::connect(socket_path).await.is_ok() {
+            anyhow::bail!(
+                "another daemon is listening on {}; stop it first",
+                socket_path.display()
+            );
+        }
+        std::fs::remove_file(socket_path)
+            .with_context(|| format!("removing stale socket {}", socket_path.display()))?;
+    }
+    let file_name = socket_path
+        .file_name()
+        .with_context(|| format!("socket path {} has no file name", socket_path.display()))?;
+    let staging = parent.join(format!(
+        ".{}.{}.tmp",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .with_context(|| format!("creating {}", staging.display()))?;
+    let staged_socket = staging.join("sock");
+    let bound = (|| -> anyhow::Result<UnixListener> {
+        let listener = UnixListener::bind(&staged_socket)
+            .with_context(|| format!("binding {}", staged_socket.display()))?;
+        std::fs::set_permissions(&staged_socket, std::fs::Permissions::from_mode(0o600))
+            .context("setting socket mode 0600")?;
+        std::fs::rename(&staged_socket, socket_path)
+            .with_context(|| format!("moving socket to {}", socket_path.display()))?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    bound
+}
+
+/// Runs the daemon's API until `shutdown` completes: recovers sandboxes left by
+/// an earlier run, then serves on the unix socket (no auth) and, if configured,
+/// on TCP (bearer auth).
+pub async fn serve(
+    config: ServerConfig,
+    store: Store,
+    driver: Arc<dyn Driver>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let state = AppState::new(store, driver);
+    state
+        .service
+        .recover()
+        .await
+        .context("recovering sandboxes from the previous run")?;
+
+    let unix = bind_unix_socket(&config.socket_path).await?;
+    tracing::info!(socket = %config.socket_path.display(), data_dir = %config.data_dir.display(), "listening on unix socket");
+    let tcp = match config.listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding TCP {addr}"))?;
+            tracing::info!(%addr, "listening on TCP (API key required)");
+            Some(listener)
+        }
+        None => None,
+    };
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let unix_server =
+        axum::serve(unix, router(state.clone())).with_graceful_shutdown(stopped(stop_rx.clone()));
+    let result = match tcp {
+        Some(tcp) => {
+            let tcp_server = axum::serve(tcp, authenticated_router(state))
+                .with_graceful_shutdown(stopped(stop_rx));
+            tokio::try_join!(
+                async { unix_server.await.context("unix socket server") },
+                async { tcp_server.await.context("TCP server") },
+            )
+            .map(|_| ())
+        }
+        None => unix_server.await.context("unix socket server"),
+    };
+    let _ = std::fs::remove_file(&config.socket_path);
+    tracing::info!("server stopped");
+    result
+}

@@ -1,0 +1,70 @@
+//! The OpenAPI document, generated from the handlers and `warren-api` types.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::routes;
+
+/// Adds the bearer scheme used on the TCP listener.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "apiKey",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API key (`wrn_…`) from `warren key create`; required on TCP, \
+                         not on the local unix socket.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Warren",
+        description = "Self-hosted sandboxes for AI agents.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0")
+    ),
+    paths(
+        routes::create_sandbox,
+        routes::list_sandboxes,
+        routes::get_sandbox,
+        routes::delete_sandbox,
+        routes::exec_in_sandbox,
+        routes::healthz,
+        routes::openapi_json,
+    ),
+    components(schemas(
+        warren_api::CreateSandboxRequest,
+        warren_api::Resources,
+        warren_api::ResolvedResources,
+        warren_api::Sandbox,
+        warren_api::SandboxState,
+        warren_api::SandboxList,
+        warren_api::ExecRequest,
+        warren_api::ExecResult,
+        warren_api::ErrorBody,
+        warren_api::ErrorDetail,
+        warren_api::Health,
+    )),
+    modifiers(&BearerAuth),
+    security(("apiKey" = [])),
+    tags(
+        (name = "sandboxes", description = "Create, list, run commands in and delete sandboxes"),
+        (name = "daemon", description = "Health and API description"),
+    )
+)]
+struct WarrenApi;
+
+/// The OpenAPI document served at `GET /openapi.json` and committed as `docs/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    WarrenApi::openapi()
+}
