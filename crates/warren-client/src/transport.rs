@@ -1,0 +1,163 @@
+//! One HTTP/1.1 exchange per connection, over a unix socket or TCP.
+//!
+//! A fresh connection per request keeps the client free of pool state; on a
+//! unix socket the connect costs microseconds.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::{ClientError, Target};
+
+/// How long to wait for a TCP connection before giving up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A response: status code and the whole body.
+pub(crate) struct Response {
+    pub(crate) status: u16,
+    pub(crate) body: Bytes,
+}
+
+/// Sends one request and reads the whole response.
+pub(crate) async fn send(
+    target: &Target,
+    api_key: Option<&str>,
+    method: Method,
+    route: &str,
+    body: Option<Vec<u8>>,
+) -> Result<Response, ClientError> {
+    let request = build_request(target, api_key, method, route, body)?;
+    match target {
+        Target::Unix(path) => {
+            let stream = UnixStream::connect(path)
+                .await
+                .map_err(|source| connect_error(target, source))?;
+            exchange(target, TokioIo::new(stream), request).await
+        }
+        Target::Tcp { host, port, .. } => {
+            let connect = TcpStream::connect((host.as_str(), *port));
+            let stream = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+                Ok(result) => result.map_err(|source| connect_error(target, source))?,
+                Err(_) => {
+                    return Err(connect_error(
+                        target,
+                        io::Error::new(io::ErrorKind::TimedOut, "connection timed out"),
+                    ))
+                }
+            };
+            // Requests are small and latency matters more than packet count.
+            let _ = stream.set_nodelay(true);
+            exchange(target, TokioIo::new(stream), request).await
+        }
+    }
+}
+
+fn build_request(
+    target: &Target,
+    api_key: Option<&str>,
+    method: Method,
+    route: &str,
+    body: Option<Vec<u8>>,
+) -> Result<Request<Full<Bytes>>, ClientError> {
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(target.request_uri(route))
+        .header(HOST, target.host_header())
+        .header(ACCEPT, "application/json");
+    if let Some(key) = api_key {
+        let value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+            ClientError::InvalidApiKey(
+                "it contains characters not allowed in an HTTP header".into(),
+            )
+        })?;
+        builder = builder.header(AUTHORIZATION, value);
+    }
+    if body.is_some() {
+        builder = builder.header(CONTENT_TYPE, "application/json");
+    }
+    builder
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .map_err(|e| ClientError::Protocol(format!("cannot build request for {route}: {e}")))
+}
+
+async fn exchange<IO>(
+    target: &Target,
+    io: IO,
+    request: Request<Full<Bytes>>,
+) -> Result<Response, ClientError>
+where
+    IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let http_error = |source| ClientError::Http {
+        target: target.to_string(),
+        source,
+    };
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(http_error)?;
+    // The connection task ends by itself once the response has been read and
+    // `sender` is dropped; its own errors surface through `send_request`.
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let response = sender.send_request(request).await.map_err(http_error)?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(http_error)?
+        .to_bytes();
+    Ok(Response { status, body })
+}
+
+fn connect_error(target: &Target, source: io::Error) -> ClientError {
+    ClientError::Connect {
+        target: target.to_string(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_carries_host_auth_and_content_type() {
+        let target = Target::parse("http://example.test:7000/api").unwrap();
+        let req = build_request(
+            &target,
+            Some("wk_secret"),
+            Method::POST,
+            "/v1/sandboxes",
+            Some(b"{}".to_vec()),
+        )
+        .unwrap();
+        assert_eq!(req.uri(), "/api/v1/sandboxes");
+        assert_eq!(req.headers()[HOST], "example.test:7000");
+        assert_eq!(req.headers()[AUTHORIZATION], "Bearer wk_secret");
+        assert_eq!(req.headers()[CONTENT_TYPE], "application/json");
+    }
+
+    #[test]
+    fn request_without_key_or_body_has_neither_header() {
+        let target = Target::Unix("/run/warren/warren.sock".into());
+        let req = build_request(&target, None, Method::GET, "/healthz", None).unwrap();
+        assert!(req.headers().get(AUTHORIZATION).is_none());
+        assert!(req.headers().get(CONTENT_TYPE).is_none());
+        assert_eq!(req.headers()[HOST], "localhost");
+    }
+
+    #[test]
+    fn key_with_newline_is_rejected() {
+        let target = Target::Unix("/s".into());
+        let err = build_request(&target, Some("a\nb"), Method::GET, "/healthz", None).unwrap_err();
+        assert!(matches!(err, ClientError::InvalidApiKey(_)));
+    }
+}
