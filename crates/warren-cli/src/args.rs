@@ -1,0 +1,522 @@
+//! Command-line arguments (clap derive) and their mapping onto API requests.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use warren_client::{
+    Client, CreateSandboxRequest, ExecRequest, Resources, SandboxState, DEFAULT_SOCKET_PATH,
+};
+
+/// Default data directory (database, logs, sandbox files).
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/warren";
+
+/// Warren: sandboxes for AI agents on your own Linux host.
+#[derive(Debug, Parser)]
+#[command(name = "warren", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options accepted by every command.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Unix socket of the daemon (default /run/warren/warren.sock).
+    #[arg(long, global = true, env = "WARREN_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Daemon URL, `http://host:port` or `unix:/path`; takes precedence over --socket.
+    #[arg(long, global = true, env = "WARREN_URL", value_name = "URL")]
+    pub url: Option<String>,
+    /// API key for a TCP daemon.
+    #[arg(
+        long,
+        global = true,
+        env = "WARREN_API_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    pub api_key: Option<String>,
+    /// Data directory (database, logs, sandboxes).
+    #[arg(long, global = true, env = "WARREN_HOME", default_value = DEFAULT_DATA_DIR, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Never start a daemon automatically when none is running.
+    #[arg(long, global = true, env = "WARREN_NO_AUTOSTART")]
+    pub no_autostart: bool,
+}
+
+impl GlobalArgs {
+    /// The socket a local daemon listens on (and `warren serve` binds).
+    pub fn socket_path(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_PATH))
+    }
+
+    /// The client these options describe: `--url` if given, else the socket.
+    pub fn client(&self) -> anyhow::Result<Client> {
+        let api_key = self.api_key.clone().filter(|k| !k.is_empty());
+        match self.url.as_deref().filter(|u| !u.is_empty()) {
+            Some(url) => Ok(Client::from_url(url, api_key)?),
+            None => Ok(Client::unix(self.socket_path()).with_api_key(api_key)),
+        }
+    }
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the Warren daemon in the foreground.
+    Serve(ServeArgs),
+    /// Create a sandbox and print its id.
+    Create(CreateOptions),
+    /// List sandboxes.
+    #[command(alias = "list")]
+    Ls(ListArgs),
+    /// Show everything about one sandbox, as JSON.
+    Inspect {
+        /// Sandbox id.
+        id: String,
+    },
+    /// Run a command in a sandbox; exits with the command's exit code.
+    Exec(ExecArgs),
+    /// Delete sandboxes.
+    #[command(alias = "delete")]
+    Rm {
+        /// Sandbox ids.
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<String>,
+    },
+    /// Create a sandbox, run one command in it, delete it.
+    Run(RunArgs),
+    /// Manage API keys (works on the data directory; no daemon needed).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// `warren serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Also listen on TCP at this address (API keys required there), e.g. 127.0.0.1:7070.
+    #[arg(long, env = "WARREN_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Name of the parent cgroup that holds every sandbox's cgroup.
+    #[arg(
+        long,
+        env = "WARREN_CGROUP_PARENT",
+        value_name = "NAME",
+        default_value = "warren"
+    )]
+    pub cgroup_parent: String,
+}
+
+/// What a new sandbox looks like (`create` and `run`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct CreateOptions {
+    /// Image to start from (default `host`: a read-only view of this host).
+    #[arg(long, value_name = "NAME")]
+    pub image: Option<String>,
+    /// A human name for the sandbox.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// CPU quota in cores (fractions allowed).
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<f64>,
+    /// Memory limit in MiB.
+    #[arg(long, value_name = "MIB")]
+    pub memory: Option<u64>,
+    /// Maximum number of processes and threads.
+    #[arg(long, value_name = "N")]
+    pub pids: Option<u64>,
+    /// Environment variable for every command (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "K=V", value_parser = parse_key_value)]
+    pub env: Vec<(String, String)>,
+    /// Default working directory inside the sandbox.
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Label, usable as a filter in `ls` (repeatable).
+    #[arg(long = "label", short = 'l', value_name = "K=V", value_parser = parse_key_value)]
+    pub labels: Vec<(String, String)>,
+}
+
+impl CreateOptions {
+    /// The API request these options describe; unset options stay unset so
+    /// the daemon applies its defaults.
+    pub fn to_request(&self) -> anyhow::Result<CreateSandboxRequest> {
+        let resources = Resources {
+            cpus: self.cpus,
+            memory_mb: self.memory.map(|m| to_i64(m, "--memory")).transpose()?,
+            pids_limit: self.pids.map(|p| to_i64(p, "--pids")).transpose()?,
+        };
+        let has_resources = resources != Resources::default();
+        Ok(CreateSandboxRequest {
+            image: self.image.clone(),
+            name: self.name.clone(),
+            resources: has_resources.then_some(resources),
+            env: to_map(&self.env),
+            workdir: self.workdir.clone(),
+            metadata: to_map(&self.labels),
+        })
+    }
+}
+
+/// `warren ls`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only sandboxes in this state (creating, running, paused, suspended, stopped, failed).
+    #[arg(long, value_name = "STATE", value_parser = parse_state)]
+    pub state: Option<SandboxState>,
+    /// Only sandboxes with this label (repeatable; all must match).
+    #[arg(long = "label", short = 'l', value_name = "K=V", value_parser = parse_key_value)]
+    pub labels: Vec<(String, String)>,
+}
+
+/// How to run one command (`exec`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct ExecOptions {
+    /// Working directory inside the sandbox.
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<String>,
+    /// Extra environment variable for this command (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "K=V", value_parser = parse_key_value)]
+    pub env: Vec<(String, String)>,
+    /// Kill the command after this many seconds.
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
+    pub timeout: Option<f64>,
+    /// Send this program's standard input to the command.
+    #[arg(long, short = 'i')]
+    pub interactive: bool,
+}
+
+/// `warren exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub options: ExecOptions,
+    /// Sandbox id.
+    pub id: String,
+    /// The command and its arguments (after `--`).
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub command: Vec<String>,
+}
+
+/// `warren run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub create: CreateOptions,
+    /// Kill the command after this many seconds.
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
+    pub timeout: Option<f64>,
+    /// Send this program's standard input to the command.
+    #[arg(long, short = 'i')]
+    pub interactive: bool,
+    /// Keep the sandbox instead of deleting it afterwards (its id goes to stderr).
+    #[arg(long)]
+    pub keep: bool,
+    /// The command and its arguments (after `--`).
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub command: Vec<String>,
+}
+
+/// Builds an exec request; `stdin` is the text to feed the command, if any.
+pub fn exec_request(
+    command: &[String],
+    cwd: Option<String>,
+    env: &[(String, String)],
+    timeout_secs: Option<f64>,
+    stdin: Option<String>,
+) -> ExecRequest {
+    ExecRequest {
+        cmd: Some(command.to_vec()),
+        shell: None,
+        cwd,
+        env: to_map(env),
+        stdin,
+        // Validated positive and finite by `parse_timeout`; rounds up so that
+        // a tiny timeout never becomes "no timeout".
+        timeout_ms: timeout_secs.map(|s| (s * 1000.0).ceil() as u64),
+    }
+}
+
+/// `warren keys …`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create an API key and print its secret (shown only once).
+    Create {
+        /// A unique name for the key.
+        name: String,
+    },
+    /// List API keys (never their secrets).
+    #[command(alias = "list")]
+    Ls,
+    /// Delete an API key by id or name.
+    #[command(alias = "delete")]
+    Rm {
+        /// Key id (`key_…`) or name.
+        #[arg(value_name = "ID|NAME")]
+        key: String,
+    },
+}
+
+/// Parses `KEY=VALUE`; the value may be empty and may contain `=`.
+pub fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        Some(_) => Err(format!(
+            "expected KEY=VALUE, but the key is empty in {text:?}"
+        )),
+        None => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
+}
+
+fn parse_state(text: &str) -> Result<SandboxState, String> {
+    SandboxState::parse(&text.to_ascii_lowercase()).ok_or_else(|| {
+        format!(
+            "unknown state {text:?}; expected one of creating, running, paused, suspended, stopped, failed"
+        )
+    })
+}
+
+fn parse_timeout(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs > 0.0 && secs < 1e9 => Ok(secs),
+        _ => Err(format!(
+            "expected a positive number of seconds, got {text:?}"
+        )),
+    }
+}
+
+fn to_map(pairs: &[(String, String)]) -> Option<BTreeMap<String, String>> {
+    // Later occurrences of a key win, as with shell assignments.
+    (!pairs.is_empty()).then(|| pairs.iter().cloned().collect())
+}
+
+fn to_i64(value: u64, flag: &str) -> anyhow::Result<i64> {
+    i64::try_from(value).with_context(|| format!("{flag} {value} is too large"))
+}
+
+/// Reads all of standard input as text, for `--interactive`.
+pub fn read_stdin() -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut bytes)
+        .context("cannot read standard input")?;
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok(text),
+        Err(_) => bail!("standard input is not UTF-8 text; binary stdin is not supported yet"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("warren").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?} should parse: {e}"))
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn key_value_parsing() {
+        assert_eq!(parse_key_value("A=1"), Ok(("A".into(), "1".into())));
+        assert_eq!(parse_key_value("A="), Ok(("A".into(), "".into())));
+        assert_eq!(
+            parse_key_value("URL=http://x/?a=b"),
+            Ok(("URL".into(), "http://x/?a=b".into()))
+        );
+        assert!(parse_key_value("novalue").is_err());
+        assert!(parse_key_value("=v").is_err());
+    }
+
+    #[test]
+    fn bad_key_value_is_a_clap_error_naming_the_value() {
+        let err = Cli::try_parse_from(["warren", "create", "--env", "oops"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(err.to_string().contains("oops"));
+    }
+
+    #[test]
+    fn create_options_map_to_request() {
+        let cli = parse(&[
+            "create",
+            "--image",
+            "host",
+            "--name",
+            "agent-1",
+            "--cpus",
+            "0.5",
+            "--memory",
+            "512",
+            "--pids",
+            "100",
+            "--env",
+            "A=1",
+            "-e",
+            "B=x=y",
+            "--workdir",
+            "/work",
+            "--label",
+            "team=ml",
+            "-l",
+            "run=7",
+        ]);
+        let Command::Create(opts) = cli.command else {
+            panic!("expected create");
+        };
+        let req = opts.to_request().unwrap();
+        assert_eq!(req.image.as_deref(), Some("host"));
+        assert_eq!(req.name.as_deref(), Some("agent-1"));
+        assert_eq!(
+            req.resources,
+            Some(Resources {
+                cpus: Some(0.5),
+                memory_mb: Some(512),
+                pids_limit: Some(100),
+            })
+        );
+        let env = req.env.unwrap();
+        assert_eq!(env["A"], "1");
+        assert_eq!(env["B"], "x=y");
+        assert_eq!(req.workdir.as_deref(), Some("/work"));
+        let labels = req.metadata.unwrap();
+        assert_eq!(labels.len(), 2);
+        assert_eq!(labels["team"], "ml");
+    }
+
+    #[test]
+    fn empty_create_sends_empty_request() {
+        let req = CreateOptions::default().to_request().unwrap();
+        assert_eq!(req, CreateSandboxRequest::default());
+        assert_eq!(serde_json::to_string(&req).unwrap(), "{}");
+    }
+
+    #[test]
+    fn huge_memory_is_rejected() {
+        let opts = CreateOptions {
+            memory: Some(u64::MAX),
+            ..Default::default()
+        };
+        assert!(opts.to_request().is_err());
+    }
+
+    #[test]
+    fn exec_takes_command_after_double_dash() {
+        let cli = parse(&[
+            "exec",
+            "--cwd",
+            "/tmp",
+            "--env",
+            "X=1",
+            "--timeout",
+            "1.5",
+            "abc",
+            "--",
+            "ls",
+            "-la",
+        ]);
+        let Command::Exec(args) = cli.command else {
+            panic!("expected exec");
+        };
+        assert_eq!(args.id, "abc");
+        assert_eq!(args.command, ["ls", "-la"]);
+        let req = exec_request(
+            &args.command,
+            args.options.cwd.clone(),
+            &args.options.env,
+            args.options.timeout,
+            None,
+        );
+        assert_eq!(req.timeout_ms, Some(1500));
+        assert_eq!(req.cwd.as_deref(), Some("/tmp"));
+        assert_eq!(req.env.unwrap()["X"], "1");
+    }
+
+    #[test]
+    fn exec_flags_after_command_belong_to_the_command() {
+        let cli = parse(&["exec", "abc", "sh", "-c", "echo --json"]);
+        let Command::Exec(args) = cli.command else {
+            panic!("expected exec");
+        };
+        assert_eq!(args.command, ["sh", "-c", "echo --json"]);
+        assert!(!cli.global.json);
+    }
+
+    #[test]
+    fn run_mixes_create_options_and_command() {
+        let cli = parse(&["--json", "run", "--label", "a=b", "--", "echo", "hi"]);
+        assert!(cli.global.json);
+        let Command::Run(args) = cli.command else {
+            panic!("expected run");
+        };
+        assert_eq!(args.command, ["echo", "hi"]);
+        assert_eq!(args.create.labels, [("a".to_owned(), "b".to_owned())]);
+    }
+
+    #[test]
+    fn exec_requires_a_command() {
+        assert!(Cli::try_parse_from(["warren", "exec", "abc"]).is_err());
+        assert!(Cli::try_parse_from(["warren", "run"]).is_err());
+    }
+
+    #[test]
+    fn bad_timeout_and_state_are_rejected() {
+        assert!(Cli::try_parse_from(["warren", "exec", "--timeout", "0", "a", "true"]).is_err());
+        assert!(Cli::try_parse_from(["warren", "exec", "--timeout", "x", "a", "true"]).is_err());
+        assert!(Cli::try_parse_from(["warren", "ls", "--state", "sleepy"]).is_err());
+        let cli = parse(&["ls", "--state", "Running", "--label", "k=v"]);
+        let Command::Ls(args) = cli.command else {
+            panic!("expected ls");
+        };
+        assert_eq!(args.state, Some(SandboxState::Running));
+    }
+
+    #[test]
+    fn json_flag_is_accepted_after_the_command() {
+        assert!(parse(&["ls", "--json"]).global.json);
+        assert!(parse(&["keys", "ls", "--json"]).global.json);
+    }
+
+    #[test]
+    fn url_takes_precedence_over_socket() {
+        let cli = parse(&[
+            "--socket",
+            "/tmp/s.sock",
+            "--url",
+            "http://127.0.0.1:9",
+            "ls",
+        ]);
+        let client = cli.global.client().unwrap();
+        assert_eq!(client.unix_socket_path(), None);
+        let cli = parse(&["--socket", "/tmp/s.sock", "ls"]);
+        let client = cli.global.client().unwrap();
+        assert_eq!(
+            client.unix_socket_path(),
+            Some(std::path::Path::new("/tmp/s.sock"))
+        );
+    }
+}

@@ -1,0 +1,117 @@
+//! `warren`: the command-line interface to Warren, and `warren serve`.
+
+mod args;
+mod daemon_autostart;
+mod exec_commands;
+mod keys;
+mod output;
+mod sandbox_commands;
+mod serve;
+mod spinner;
+
+use std::process::ExitCode;
+
+use clap::error::ErrorKind;
+use clap::Parser;
+
+use crate::args::{Cli, Command, GlobalArgs};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return clap_exit(&err),
+    };
+    let runtime = match &cli.command {
+        // The daemon serves many clients at once.
+        Command::Serve(_) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        // Client commands do one thing at a time; one thread starts faster
+        // and is what the spinner relies on.
+        _ => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {}", output::error_line(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let Cli { global, command } = cli;
+    let json = global.json;
+    match command {
+        Command::Serve(args) => serve::run(&global, &args).await,
+        Command::Keys(keys_command) => keys::run(&global.data_dir, &keys_command, json).await,
+        Command::Create(opts) => {
+            let client = connect(&global).await?;
+            sandbox_commands::create(&client, &opts, json).await
+        }
+        Command::Ls(args) => {
+            let client = connect(&global).await?;
+            sandbox_commands::list(&client, &args, json).await
+        }
+        Command::Inspect { id } => {
+            let client = connect(&global).await?;
+            sandbox_commands::inspect(&client, &id).await
+        }
+        Command::Rm { ids } => {
+            let client = connect(&global).await?;
+            sandbox_commands::remove(&client, &ids, json).await
+        }
+        Command::Exec(args) => {
+            let client = connect(&global).await?;
+            exec_commands::exec(&client, &args, json).await
+        }
+        Command::Run(args) => {
+            let client = connect(&global).await?;
+            exec_commands::run(&client, &args, json).await
+        }
+    }
+}
+
+/// The client for the global options, with a local daemon started if needed.
+async fn connect(global: &GlobalArgs) -> anyhow::Result<warren_client::Client> {
+    let client = global.client()?;
+    daemon_autostart::ensure_daemon(client, &global.data_dir, !global.no_autostart).await
+}
+
+/// Prints a clap error: help and version as usual; a rejected value as the
+/// one line `error: …`; anything else (missing arguments, typos) with clap's
+/// usage hints.
+fn clap_exit(err: &clap::Error) -> ExitCode {
+    match err.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = err.print();
+            if err.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue => {
+            let rendered = err.to_string();
+            let first = rendered.lines().next().unwrap_or_default();
+            let message = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+        _ => {
+            let _ = err.print();
+            ExitCode::from(2)
+        }
+    }
+}

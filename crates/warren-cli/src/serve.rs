@@ -1,0 +1,81 @@
+//! `warren serve`: the daemon in the foreground.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tracing_subscriber::EnvFilter;
+use warren_runtime::{Driver, NamespaceConfig, NamespaceDriver};
+use warren_server::ServerConfig;
+use warren_store::Store;
+
+use crate::args::{GlobalArgs, ServeArgs};
+
+/// Runs the daemon until ctrl-c or SIGTERM.
+pub async fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let data_dir = &global.data_dir;
+    let socket_path = global.socket_path();
+    let store = Store::open(data_dir)
+        .await
+        .with_context(|| format!("cannot open the Warren store in {}", data_dir.display()))?;
+    let driver = build_driver(data_dir, &args.cgroup_parent)?;
+    tracing::info!(
+        data_dir = %data_dir.display(),
+        socket = %socket_path.display(),
+        listen = ?args.listen,
+        driver = driver.name(),
+        "starting warren daemon"
+    );
+    let config = ServerConfig {
+        data_dir: data_dir.clone(),
+        socket_path,
+        listen: args.listen,
+    };
+    warren_server::serve(config, store, driver, shutdown_signal()).await?;
+    tracing::info!("warren daemon stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The isolation driver the daemon uses: the namespace driver, the default.
+fn build_driver(data_dir: &Path, cgroup_parent: &str) -> anyhow::Result<Arc<dyn Driver>> {
+    let mut config = NamespaceConfig::new(data_dir);
+    config.cgroup_parent = cgroup_parent.to_string();
+    let driver = NamespaceDriver::new(config).with_context(|| {
+        format!(
+            "cannot prepare the namespace driver in {}",
+            data_dir.display()
+        )
+    })?;
+    Ok(Arc::new(driver))
+}
+
+/// Logs to stderr; `RUST_LOG` filters, `info` by default.
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colour codes only for people; the auto-started daemon logs to a file.
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+/// Resolves on ctrl-c or SIGTERM, whichever comes first.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(err) => {
+            tracing::warn!(%err, "cannot listen for SIGTERM; only ctrl-c stops the daemon");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("ctrl-c received, shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+    }
+}
