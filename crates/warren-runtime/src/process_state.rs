@@ -1,5 +1,6 @@
 //! Host-side facts about a sandbox's PID 1, read from /proc.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 /// State letter and start time (clock ticks) from /proc/PID/stat.
@@ -23,22 +24,48 @@ pub fn is_same_live_process(pid: i32, start_time: u64) -> bool {
 }
 
 /// Kills the sandbox's PID 1 (which takes its whole pid namespace with it)
-/// and waits until it is gone, reaping it when it is our child.
+/// and waits until it has exited, reaping it when it is our child.
+///
+/// A pidfd pins the process: after the start time is checked through it, the
+/// signal cannot hit a recycled pid, and poll(2) on it reports the exit.
 pub fn kill_and_wait(pid: i32, start_time: u64) {
-    if !is_same_live_process(pid, start_time) {
+    // SAFETY: pidfd_open takes a pid and flags; a non-negative result is a fresh fd.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
         reap(pid);
-        return;
+        return; // already gone
     }
-    // SAFETY: kill(2) on a pid we just checked is the sandbox's init.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        reap(pid);
-        match stat(pid) {
-            Some((state, start)) if start == start_time && state != 'Z' && state != 'X' => {
-                std::thread::sleep(Duration::from_millis(1));
+    // SAFETY: fd was just returned by pidfd_open and is owned by nobody else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    if is_same_live_process(pid, start_time) {
+        // SAFETY: pidfd_send_signal on a pidfd we own, no siginfo.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                pidfd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        let mut pfd = libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .as_millis() as i32;
+            // SAFETY: one live pollfd.
+            let n = unsafe { libc::poll(&mut pfd, 1, left) };
+            if n > 0
+                || (n < 0
+                    && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted)
+            {
+                break;
             }
-            _ => break,
         }
     }
     reap(pid);

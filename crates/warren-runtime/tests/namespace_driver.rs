@@ -107,13 +107,35 @@ impl Harness {
 
 impl Drop for Harness {
     fn drop(&mut self) {
-        for (id, info) in self.live.lock().unwrap().drain(..) {
-            // SAFETY: kill(2) on the sandbox init we started.
-            unsafe { libc::kill(info.pid, libc::SIGKILL) };
-            std::thread::sleep(Duration::from_millis(20));
-            let _ = warren_linux::cgroup::CgroupLayout::detect().remove(&self.parent, &id);
+        // Kill whatever is in this harness's cgroups (including sandboxes
+        // whose create failed half-way), then remove the cgroups.
+        let layout = warren_linux::cgroup::CgroupLayout::detect();
+        let parents: Vec<PathBuf> = layout
+            .dirs(&self.parent, "x")
+            .into_iter()
+            .filter_map(|d| d.parent().map(PathBuf::from))
+            .collect();
+        for parent in &parents {
+            for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+                let procs =
+                    std::fs::read_to_string(entry.path().join("cgroup.procs")).unwrap_or_default();
+                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    // SAFETY: kill(2) and waitpid(2) on processes in this test's own
+                    // cgroup; waitpid reaps the ones reparented to us (ECHILD otherwise).
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                        libc::waitpid(pid, std::ptr::null_mut(), 0);
+                    }
+                }
+            }
         }
-        warren_linux::cgroup::CgroupLayout::detect().remove_parent_if_empty(&self.parent);
+        std::thread::sleep(Duration::from_millis(20));
+        for parent in &parents {
+            for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+                let _ = std::fs::remove_dir(entry.path());
+            }
+        }
+        layout.remove_parent_if_empty(&self.parent);
     }
 }
 
