@@ -165,10 +165,30 @@ impl CgroupLayout {
     /// Removes the sandbox's cgroups, waiting briefly for exiting processes to
     /// leave. Missing directories are fine.
     pub fn remove(&self, parent: &str, id: &str) -> Result<(), CgroupError> {
+        self.kill_all(parent, id);
         for dir in self.dirs(parent, id) {
             remove_dir_patiently(&dir)?;
         }
         Ok(())
+    }
+
+    /// SIGKILLs every process still in the sandbox's cgroups and returns how
+    /// many were signalled. Used when the sandbox's init is unknown (a daemon
+    /// crash during create) or when something escaped its pid namespace's death.
+    pub fn kill_all(&self, parent: &str, id: &str) -> usize {
+        let mut killed = 0;
+        for dir in self.dirs(parent, id) {
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                // SAFETY: kill(2) on a process listed in the sandbox's own cgroup.
+                if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+                    killed += 1;
+                }
+                // SAFETY: reaps it when it is our child (subreaper); ECHILD otherwise.
+                unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+            }
+        }
+        killed
     }
 
     /// Removes the parent cgroup directories when they are empty (used by
