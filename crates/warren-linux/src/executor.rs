@@ -223,6 +223,13 @@ pub fn apply_step(sys: &mut dyn Syscalls, step: &SetupStep) -> Result<(), SetupE
         SetupStep::DropCapabilities { keep } => sys
             .drop_capabilities(caps::mask(keep))
             .map_err(at("drop capabilities", Path::new("-"))),
+        SetupStep::SetRlimits { limits } => limits.iter().try_for_each(|(resource, limit)| {
+            sys.set_rlimit(*resource, *limit)
+                .map_err(at("setrlimit", Path::new("-")))
+        }),
+        SetupStep::InstallSeccomp { rules } => sys
+            .install_seccomp(&crate::seccomp::compile(rules))
+            .map_err(at("install seccomp filter", Path::new("-"))),
     }
 }
 
@@ -284,11 +291,15 @@ mod tests {
         assert!(idx("sethostname") < idx("cloexec except [3]"));
         assert!(idx("cloexec") < idx("no_new_privs"));
         assert_eq!(
-            sys.calls.last().unwrap(),
-            &format!(
+            sys.calls[sys.calls.len() - 2],
+            format!(
                 "drop_caps keep={:#x}",
                 caps::mask(caps::DEFAULT_CAPABILITIES)
             )
+        );
+        assert!(
+            sys.calls.last().unwrap().starts_with("seccomp "),
+            "seccomp must be the last call"
         );
     }
 

@@ -12,6 +12,7 @@ pub mod executor;
 pub mod host_image;
 pub mod launch;
 pub mod plan;
+pub mod seccomp;
 pub mod sys;
 
 pub use launch::{LaunchConfig, ReadOnlyBind};

@@ -104,7 +104,21 @@ pub enum SetupStep {
         /// Capability numbers to keep.
         keep: Vec<u32>,
     },
+    /// Set resource limits (soft = hard), each capped at the current hard limit.
+    SetRlimits {
+        /// (RLIMIT_* resource, limit) pairs.
+        limits: Vec<(u32, u64)>,
+    },
+    /// Install the seccomp filter: the very last step before exec.
+    InstallSeccomp {
+        /// The policy, compiled by the executor.
+        rules: Vec<crate::seccomp::Rule>,
+    },
 }
+
+/// Open files per process inside a sandbox (capped at the host's hard limit,
+/// since sandbox root has no CAP_SYS_RESOURCE over the host).
+pub const DEFAULT_NOFILE: u64 = 65536;
 
 /// Paths masked like runc's defaults.
 pub const MASKED_PATHS: &[&str] = &[
@@ -136,9 +150,9 @@ fn inside(root: &Path, path: &Path) -> PathBuf {
 
 /// Builds the child's setup plan, in the isolation order of DESIGN.md:
 /// make / rslave → overlay root → read-only binds → /proc, /dev, /sys →
-/// pivot_root → masked and read-only paths → hostname → close fds →
-/// no_new_privs → drop caps. (rlimits, landlock and seccomp slot in at their
-/// places as they are added.)
+/// pivot_root → masked and read-only paths → hostname → rlimits → close fds →
+/// no_new_privs → drop caps → seccomp last. (Landlock would slot in before the
+/// capability drop; it is not used yet.)
 pub fn child_plan(cfg: &LaunchConfig, keep_fds: &[i32]) -> Vec<SetupStep> {
     let root = cfg.rootfs.as_path();
     let mut steps = vec![
@@ -215,12 +229,21 @@ pub fn child_plan(cfg: &LaunchConfig, keep_fds: &[i32]) -> Vec<SetupStep> {
     steps.push(SetupStep::SetHostname {
         name: cfg.id.clone(),
     });
+    steps.push(SetupStep::SetRlimits {
+        limits: vec![
+            (libc::RLIMIT_NOFILE, DEFAULT_NOFILE),
+            (libc::RLIMIT_CORE, 0),
+        ],
+    });
     steps.push(SetupStep::CloseInheritedFds {
         keep: keep_fds.to_vec(),
     });
     steps.push(SetupStep::SetNoNewPrivs);
     steps.push(SetupStep::DropCapabilities {
         keep: DEFAULT_CAPABILITIES.to_vec(),
+    });
+    steps.push(SetupStep::InstallSeccomp {
+        rules: crate::seccomp::default_policy(),
     });
     steps
 }
@@ -269,14 +292,13 @@ mod tests {
         let fds = position(&steps, |s| matches!(s, SetupStep::CloseInheritedFds { .. }));
         let nnp = position(&steps, |s| matches!(s, SetupStep::SetNoNewPrivs));
         let caps = position(&steps, |s| matches!(s, SetupStep::DropCapabilities { .. }));
+        let rlimits = position(&steps, |s| matches!(s, SetupStep::SetRlimits { .. }));
+        let seccomp = position(&steps, |s| matches!(s, SetupStep::InstallSeccomp { .. }));
         assert_eq!(slave, 0, "propagation must be cut before any mount");
         assert!(overlay < proc_ && proc_ < sys && sys < pivot);
-        assert!(pivot < mask && mask < host && host < fds && fds < nnp && nnp < caps);
-        assert_eq!(
-            caps,
-            steps.len() - 1,
-            "dropping capabilities is the last step"
-        );
+        assert!(pivot < mask && mask < host && host < rlimits && rlimits < fds);
+        assert!(fds < nnp && nnp < caps && caps < seccomp);
+        assert_eq!(seccomp, steps.len() - 1, "seccomp is installed last");
         // Every mount into the new root happens before pivot_root.
         for s in &steps[pivot + 1..] {
             assert!(!matches!(
@@ -310,8 +332,11 @@ mod tests {
     #[test]
     fn kept_capabilities_exclude_sys_admin() {
         let steps = child_plan(&sample_config(), &[]);
-        let Some(SetupStep::DropCapabilities { keep }) = steps.last() else {
-            panic!("last step")
+        let Some(SetupStep::DropCapabilities { keep }) = steps
+            .iter()
+            .find(|s| matches!(s, SetupStep::DropCapabilities { .. }))
+        else {
+            panic!("no capability step")
         };
         assert!(!keep.contains(&crate::caps::CAP_SYS_ADMIN));
         assert!(keep.contains(&crate::caps::CAP_CHOWN));

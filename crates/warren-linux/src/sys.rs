@@ -37,6 +37,10 @@ pub trait Syscalls {
     fn set_no_new_privs(&mut self) -> io::Result<()>;
     /// Drops all capabilities not in `keep_mask` from every set.
     fn drop_capabilities(&mut self, keep_mask: u64) -> io::Result<()>;
+    /// setrlimit(2) with soft = hard = min(`limit`, current hard limit).
+    fn set_rlimit(&mut self, resource: u32, limit: u64) -> io::Result<()>;
+    /// prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER) with this program.
+    fn install_seccomp(&mut self, program: &[crate::seccomp::BpfInstruction]) -> io::Result<()>;
 }
 
 fn cstr(path: &Path) -> io::Result<CString> {
@@ -231,6 +235,53 @@ impl Syscalls for LinuxSyscalls {
             unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) };
         check(ret as libc::c_int)
     }
+
+    fn set_rlimit(&mut self, resource: u32, limit: u64) -> io::Result<()> {
+        let value = limit.min(Self::current_hard_limit(resource)?);
+        let lim = libc::rlimit {
+            rlim_cur: value,
+            rlim_max: value,
+        };
+        // SAFETY: setrlimit reads a live rlimit struct.
+        check(unsafe { libc::setrlimit(resource, &lim) })
+    }
+
+    fn install_seccomp(&mut self, program: &[crate::seccomp::BpfInstruction]) -> io::Result<()> {
+        #[repr(C)]
+        struct SockFprog {
+            len: u16,
+            filter: *const crate::seccomp::BpfInstruction,
+        }
+        let len = u16::try_from(program.len())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let prog = SockFprog {
+            len,
+            filter: program.as_ptr(),
+        };
+        // SAFETY: prog points at `program`, a live array of sock_filter-layout
+        // instructions, for the duration of the call.
+        check(unsafe {
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &prog as *const SockFprog,
+                0,
+                0,
+            )
+        })
+    }
+}
+
+impl LinuxSyscalls {
+    fn current_hard_limit(resource: u32) -> io::Result<u64> {
+        let mut current = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into a live rlimit struct.
+        check(unsafe { libc::getrlimit(resource, &mut current) })?;
+        Ok(current.rlim_max)
+    }
 }
 
 /// Records every call instead of making it; for order tests.
@@ -301,6 +352,15 @@ impl Syscalls for RecordingSyscalls {
     }
     fn drop_capabilities(&mut self, keep_mask: u64) -> io::Result<()> {
         self.calls.push(format!("drop_caps keep={keep_mask:#x}"));
+        Ok(())
+    }
+    fn set_rlimit(&mut self, resource: u32, limit: u64) -> io::Result<()> {
+        self.calls.push(format!("rlimit {resource}={limit}"));
+        Ok(())
+    }
+    fn install_seccomp(&mut self, program: &[crate::seccomp::BpfInstruction]) -> io::Result<()> {
+        self.calls
+            .push(format!("seccomp {} instructions", program.len()));
         Ok(())
     }
 }
