@@ -66,12 +66,15 @@ fn launch() -> Result<i32, String> {
         std::fs::write(procs, &me).map_err(|e| format!("join cgroup {}: {e}", procs.display()))?;
     }
 
-    let log_path = cfg.agent_socket.with_file_name("agent.log");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|e| format!("open {}: {e}", log_path.display()))?;
+    // The daemon reads this helper's stdout until EOF, so the sandbox must
+    // not keep it. Setup errors travel over the ready pipe; the agent's own
+    // stdio is /dev/null, which is also what a program inside sees through
+    // /proc/1/fd (no host path, no host file).
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| format!("open /dev/null: {e}"))?;
     let (go_read, go_write) = pipe()?;
     let (ready_read, ready_write) = pipe()?;
 
@@ -94,7 +97,7 @@ fn launch() -> Result<i32, String> {
     if pid == 0 {
         drop(go_write);
         drop(ready_read);
-        child(&cfg, go_read, ready_write, listener, log);
+        child(&cfg, go_read, ready_write, listener, null);
     }
     let pid = pid as i32;
     drop(go_read);
@@ -136,9 +139,9 @@ fn kill(pid: i32) {
 }
 
 /// The cloned child: finish the isolation steps, then exec the agent.
-fn child(cfg: &LaunchConfig, go: OwnedFd, ready: OwnedFd, listener: UnixListener, log: File) -> ! {
+fn child(cfg: &LaunchConfig, go: OwnedFd, ready: OwnedFd, listener: UnixListener, null: File) -> ! {
     let mut ready = File::from(ready);
-    let result = prepare_child(cfg, go, &listener, log);
+    let result = prepare_child(cfg, go, &listener, null);
     match result {
         Ok(()) => {
             let _ = ready.write_all(b"OK\n");
@@ -157,9 +160,9 @@ fn prepare_child(
     cfg: &LaunchConfig,
     go: OwnedFd,
     listener: &UnixListener,
-    log: File,
+    null: File,
 ) -> Result<(), String> {
-    redirect_stdio(log)?;
+    redirect_stdio(null)?;
     let mut byte = [0u8; 1];
     File::from(go)
         .read_exact(&mut byte)
@@ -191,15 +194,13 @@ fn prepare_child(
     Ok(())
 }
 
-/// The daemon reads the helper's stdout until EOF, so the sandbox must not
-/// keep it: stdin becomes /dev/null, stdout and stderr the agent's log file.
-fn redirect_stdio(log: File) -> Result<(), String> {
-    let null = File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
-    // SAFETY: dup2 onto the standard fds with fds we own for the duration of the call.
+/// Points stdin, stdout and stderr at `null`.
+fn redirect_stdio(null: File) -> Result<(), String> {
+    // SAFETY: dup2 onto the standard fds with an fd we own for the duration of the call.
     unsafe {
         if libc::dup2(null.as_raw_fd(), 0) < 0
-            || libc::dup2(log.as_raw_fd(), 1) < 0
-            || libc::dup2(log.as_raw_fd(), 2) < 0
+            || libc::dup2(null.as_raw_fd(), 1) < 0
+            || libc::dup2(null.as_raw_fd(), 2) < 0
         {
             return Err(format!(
                 "redirect stdio: {}",
@@ -215,6 +216,7 @@ fn exec_agent(cfg: &LaunchConfig, listen_fd: i32) -> std::io::Error {
         listen_fd,
         workdir: cfg.workdir.clone(),
         env: cfg.env.clone(),
+        user: cfg.user.clone(),
     };
     let json = serde_json::to_string(&init).unwrap_or_default();
     let err = std::os::unix::process::CommandExt::exec(

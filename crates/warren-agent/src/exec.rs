@@ -29,6 +29,7 @@ pub fn run(
     req: ExecRequest,
     base_env: &[(String, String)],
     workdir: &str,
+    default_user: Option<&str>,
     reaper: &Reaper,
 ) -> ExecDone {
     let started = Instant::now();
@@ -43,13 +44,25 @@ pub fn run(
             format!("warren: cannot use {cwd} as working directory: no such directory\n"),
         );
     }
+    let user_name = req.user.as_deref().or(default_user).unwrap_or("root");
+    let account = match crate::users::resolve_or_create(user_name) {
+        Ok(account) => account,
+        Err(e) => return failed(req.stream, 126, format!("warren: user {user_name}: {e}\n")),
+    };
     let mut cmd = Command::new(program);
     cmd.args(&req.argv[1..])
         .env_clear()
         .envs(base_env.iter().map(|(k, v)| (k, v)))
+        .envs([
+            ("HOME", account.home.as_str()),
+            ("USER", account.name.as_str()),
+            ("LOGNAME", account.name.as_str()),
+        ])
         .envs(req.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&cwd)
         .process_group(0)
+        .uid(account.uid)
+        .gid(account.gid)
         .stdin(if req.stdin.is_empty() {
             Stdio::null()
         } else {

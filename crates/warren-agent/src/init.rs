@@ -15,6 +15,7 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 struct Agent {
     env: Vec<(String, String)>,
     workdir: String,
+    user: Option<String>,
     reaper: Reaper,
 }
 
@@ -40,9 +41,20 @@ pub fn run(config_json: &str) -> i32 {
         env.retain(|(existing, _)| existing != &k);
         env.push((k, v));
     }
+    if let Some(user) = &cfg.user {
+        // The default user owns the default working directory.
+        match crate::users::resolve_or_create(user) {
+            Ok(account) => {
+                let _ =
+                    std::os::unix::fs::chown(&cfg.workdir, Some(account.uid), Some(account.gid));
+            }
+            Err(e) => eprintln!("warren-agent: default user {user}: {e}"),
+        }
+    }
     let agent = Arc::new(Agent {
         env,
         workdir: cfg.workdir,
+        user: cfg.user,
         reaper: Reaper::start(),
     });
     // SAFETY: the bootstrap passed us this listening socket and nothing else owns it.
@@ -123,7 +135,13 @@ fn serve_connection(agent: &Arc<Agent>, stream: UnixStream) {
                 let agent = Arc::clone(agent);
                 let writer = Arc::clone(&writer);
                 std::thread::spawn(move || {
-                    let done = crate::exec::run(req, &agent.env, &agent.workdir, &agent.reaper);
+                    let done = crate::exec::run(
+                        req,
+                        &agent.env,
+                        &agent.workdir,
+                        agent.user.as_deref(),
+                        &agent.reaper,
+                    );
                     send(&writer, &Frame::ExecDone(done));
                 });
             }

@@ -12,6 +12,7 @@ mod bootstrap;
 mod exec;
 mod init;
 mod reaper;
+mod users;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

@@ -28,6 +28,10 @@ pub struct ExecRequest {
     /// Kill the command's whole process group after this many milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Run as this user instead of the sandbox's default (`root`, or a name
+    /// created on first use).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// The outcome of a finished command.
@@ -44,4 +48,8 @@ pub struct ExecResult {
     pub duration_ms: u64,
     /// True when the command was killed because `timeoutMs` ran out.
     pub timed_out: bool,
+    /// True when the kernel's OOM killer killed a process of the sandbox
+    /// while the command ran (the sandbox hit `memoryMb`).
+    #[serde(default)]
+    pub oom_killed: bool,
 }

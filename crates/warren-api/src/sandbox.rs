@@ -37,6 +37,10 @@ pub struct CreateSandboxRequest {
     /// Free-form labels, usable as list filters (`metadata.k=v`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<BTreeMap<String, String>>,
+    /// User that commands run as by default: `root` (the default) or the name
+    /// of an unprivileged user, created in the sandbox if the image lacks it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// Requested resource limits. Signed so that negative values reach
@@ -151,6 +155,9 @@ pub struct Sandbox {
     /// Labels given at create.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// Default user of commands (`root` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// When the sandbox was created.
     pub created_at: DateTime<Utc>,
     /// When its state last changed.

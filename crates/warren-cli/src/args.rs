@@ -144,6 +144,10 @@ pub struct CreateOptions {
     /// Label, usable as a filter in `ls` (repeatable).
     #[arg(long = "label", short = 'l', value_name = "K=V", value_parser = parse_key_value)]
     pub labels: Vec<(String, String)>,
+    /// User commands run as by default: `root`, or an unprivileged user
+    /// (created in the sandbox if the image lacks it).
+    #[arg(long, short = 'u', value_name = "NAME")]
+    pub user: Option<String>,
 }
 
 impl CreateOptions {
@@ -163,6 +167,7 @@ impl CreateOptions {
             env: to_map(&self.env),
             workdir: self.workdir.clone(),
             metadata: to_map(&self.labels),
+            user: self.user.clone(),
         })
     }
 }
@@ -193,6 +198,9 @@ pub struct ExecOptions {
     /// Send this program's standard input to the command.
     #[arg(long, short = 'i')]
     pub interactive: bool,
+    /// Run as this user instead of the sandbox's default.
+    #[arg(long, short = 'u', value_name = "NAME")]
+    pub user: Option<String>,
 }
 
 /// `warren exec`.
@@ -253,6 +261,7 @@ pub fn exec_request(
         // Validated positive and finite by `parse_timeout`; rounds up so that
         // a tiny timeout never becomes "no timeout".
         timeout_ms: timeout_secs.map(|s| (s * 1000.0).ceil() as u64),
+        user: None,
     }
 }
 

@@ -15,13 +15,14 @@ const INTERRUPTED: u8 = 130;
 /// `warren exec ID -- CMD…`.
 pub async fn exec(client: &Client, args: &ExecArgs, json: bool) -> anyhow::Result<ExitCode> {
     let stdin = args.options.interactive.then(read_stdin).transpose()?;
-    let request = exec_request(
+    let mut request = exec_request(
         &args.command,
         args.options.cwd.clone(),
         &args.options.env,
         args.options.timeout,
         stdin,
     );
+    request.user = args.options.user.clone();
     let result = client.exec(&args.id, &request).await?;
     report(&result, &request, json)
 }

@@ -151,6 +151,7 @@ mod tests {
             created_at: now - chrono::Duration::seconds(secs_ago),
             updated_at: now,
             failure_reason: None,
+            user: None,
         }
     }
 

@@ -130,6 +130,21 @@ pub fn apply_step(sys: &mut dyn Syscalls, step: &SetupStep) -> Result<(), SetupE
                 MS_NOSUID | MS_NODEV | MS_NOEXEC,
             ),
         },
+        SetupStep::BindPrivateFile { source, target } => {
+            sys.create_file(target)
+                .map_err(at("create mount point", target))?;
+            sys.mount(Some(source), target, None, MS_BIND, None)
+                .map_err(at("bind private file", target))?;
+            let inherited = sys.mount_flags(target).map_err(at("statvfs", target))?;
+            sys.mount(
+                None,
+                target,
+                None,
+                MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | MS_NOEXEC | locked_flags(inherited),
+                None,
+            )
+            .map_err(at("remount private file", target))
+        }
         SetupStep::MountProc { target } => {
             sys.mkdir_all(target).map_err(at("mkdir", target))?;
             sys.mount(
@@ -241,7 +256,7 @@ pub fn apply(sys: &mut dyn Syscalls, steps: &[SetupStep]) -> Result<(), SetupErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::launch::{LaunchConfig, ReadOnlyBind};
+    use crate::launch::{BindMount, LaunchConfig};
     use crate::plan::child_plan;
     use crate::sys::RecordingSyscalls;
 
@@ -252,11 +267,12 @@ mod tests {
             upper_dir: "/u".into(),
             work_dir: "/w".into(),
             rootfs: "/r".into(),
-            read_only_binds: vec![ReadOnlyBind {
+            read_only_binds: vec![BindMount {
                 source: "/usr".into(),
                 target: "/usr".into(),
             }],
             hidden_files: vec![],
+            private_files: vec![],
             agent_binary: "/a".into(),
             agent_socket: "/s".into(),
             cgroup_procs: vec![],
@@ -264,6 +280,7 @@ mod tests {
             id_map_count: 1,
             workdir: "/workspace".into(),
             env: vec![],
+            user: None,
         }
     }
 

@@ -5,7 +5,7 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::launch::ReadOnlyBind;
+use crate::launch::BindMount;
 
 /// Top-level host entries shown in the sandbox. Symlinks (merged /usr) are
 /// recreated, directories are bound read-only.
@@ -53,7 +53,7 @@ pub struct HostImage {
     /// Skeleton root directory.
     pub rootfs: PathBuf,
     /// Host directories bound read-only.
-    pub binds: Vec<ReadOnlyBind>,
+    pub binds: Vec<BindMount>,
     /// Paths hidden inside the sandbox.
     pub hidden: Vec<PathBuf>,
 }
@@ -96,7 +96,7 @@ pub fn prepare(
                 .recursive(true)
                 .mode(0o755)
                 .create(&inside)?;
-            binds.push(ReadOnlyBind {
+            binds.push(BindMount {
                 source: host,
                 target: Path::new("/").join(name),
             });

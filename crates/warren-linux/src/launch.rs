@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-/// A host directory or file shown read-only inside the sandbox.
+/// A host directory or file shown at a path inside the sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReadOnlyBind {
+pub struct BindMount {
     /// Host path.
     pub source: PathBuf,
     /// Absolute path inside the sandbox.
@@ -28,9 +28,13 @@ pub struct LaunchConfig {
     /// Where the merged root is mounted inside the sandbox's mount namespace.
     pub rootfs: PathBuf,
     /// Host paths shown read-only (for the `host` image: /usr, /etc, …).
-    pub read_only_binds: Vec<ReadOnlyBind>,
+    pub read_only_binds: Vec<BindMount>,
     /// Paths inside the sandbox hidden behind an empty file (secrets in /etc).
     pub hidden_files: Vec<PathBuf>,
+    /// Sandbox-private host files bound read-write over image paths (the
+    /// sandbox's own /etc/passwd and /etc/group, so users can be added).
+    #[serde(default)]
+    pub private_files: Vec<BindMount>,
     /// Host path of the static agent binary, bind-mounted read-only.
     pub agent_binary: PathBuf,
     /// Host path of the agent's unix socket.
@@ -45,6 +49,9 @@ pub struct LaunchConfig {
     pub workdir: String,
     /// Environment of every command.
     pub env: Vec<(String, String)>,
+    /// Default user of commands (`None`: root).
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// Where the agent binary is mounted inside every sandbox.
@@ -59,4 +66,7 @@ pub struct AgentInitConfig {
     pub workdir: String,
     /// Environment for every command.
     pub env: Vec<(String, String)>,
+    /// Default user of commands (`None`: root).
+    #[serde(default)]
+    pub user: Option<String>,
 }

@@ -15,4 +15,4 @@ pub mod plan;
 pub mod seccomp;
 pub mod sys;
 
-pub use launch::{LaunchConfig, ReadOnlyBind};
+pub use launch::{BindMount, LaunchConfig};

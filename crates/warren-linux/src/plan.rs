@@ -29,6 +29,13 @@ pub enum SetupStep {
         /// Mount point (created if missing).
         target: PathBuf,
     },
+    /// Bind a sandbox-private file read-write over an image path.
+    BindPrivateFile {
+        /// Host path (in the sandbox's directory).
+        source: PathBuf,
+        /// Mount point inside the new root.
+        target: PathBuf,
+    },
     /// Hide a file behind /dev/null (skipped when the file does not exist).
     HideFile {
         /// The file.
@@ -170,6 +177,12 @@ pub fn child_plan(cfg: &LaunchConfig, keep_fds: &[i32]) -> Vec<SetupStep> {
             target: inside(root, &bind.target),
         });
     }
+    for file in &cfg.private_files {
+        steps.push(SetupStep::BindPrivateFile {
+            source: file.source.clone(),
+            target: inside(root, &file.target),
+        });
+    }
     for hidden in &cfg.hidden_files {
         steps.push(SetupStep::HideFile {
             target: inside(root, hidden),
@@ -251,7 +264,7 @@ pub fn child_plan(cfg: &LaunchConfig, keep_fds: &[i32]) -> Vec<SetupStep> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::launch::ReadOnlyBind;
+    use crate::launch::BindMount;
 
     pub(crate) fn sample_config() -> LaunchConfig {
         LaunchConfig {
@@ -260,11 +273,12 @@ mod tests {
             upper_dir: "/data/sandboxes/abc123/upper".into(),
             work_dir: "/data/sandboxes/abc123/work".into(),
             rootfs: "/data/sandboxes/abc123/rootfs".into(),
-            read_only_binds: vec![ReadOnlyBind {
+            read_only_binds: vec![BindMount {
                 source: "/usr".into(),
                 target: "/usr".into(),
             }],
             hidden_files: vec!["/etc/shadow".into()],
+            private_files: vec![],
             agent_binary: "/data/bin/warren-agent".into(),
             agent_socket: "/data/sandboxes/abc123/agent.sock".into(),
             cgroup_procs: vec![],
@@ -272,6 +286,7 @@ mod tests {
             id_map_count: 65536,
             workdir: "/workspace".into(),
             env: vec![],
+            user: None,
         }
     }
 

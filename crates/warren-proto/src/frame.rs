@@ -60,6 +60,9 @@ pub struct ExecRequest {
     /// Kill the whole process group after this many milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Run as this user (`root` when absent); created when the image lacks it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// The outcome of an [`ExecRequest`].

@@ -19,4 +19,4 @@ pub use codec::{
 pub use frame::{ExecDone, ExecRequest, Frame};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;

@@ -15,6 +15,7 @@ fn samples() -> Vec<Frame> {
             env: vec![("K".into(), "V".into())],
             stdin: b"in".to_vec(),
             timeout_ms: Some(1000),
+            user: Some("agent".into()),
         }),
         Frame::ExecDone(ExecDone {
             stream: 1,

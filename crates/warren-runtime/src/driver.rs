@@ -24,6 +24,8 @@ pub struct SandboxSpec {
     pub env: Vec<(String, String)>,
     /// Default working directory inside the sandbox.
     pub workdir: String,
+    /// Default user of commands (`None`: root).
+    pub user: Option<String>,
 }
 
 /// What the store keeps about a running sandbox so that a restarted daemon
@@ -52,6 +54,8 @@ pub struct ExecSpec {
     pub stdin: Vec<u8>,
     /// Kill the process group after this long.
     pub timeout: Option<Duration>,
+    /// Run as this user instead of the sandbox's default.
+    pub user: Option<String>,
 }
 
 /// The result of [`Driver::exec`].
@@ -67,6 +71,9 @@ pub struct ExecOutcome {
     pub duration: Duration,
     /// Killed by the timeout.
     pub timed_out: bool,
+    /// The sandbox's memory limit made the kernel kill a process while the
+    /// command ran.
+    pub oom_killed: bool,
 }
 
 /// Errors a driver reports. Each names the step that failed.

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use tokio::io::AsyncWriteExt;
 use warren_linux::cgroup::{CgroupLayout, CgroupLimits};
 use warren_linux::host_image::{self, HostImage};
-use warren_linux::LaunchConfig;
+use warren_linux::{BindMount, LaunchConfig};
 use warren_proto::Frame;
 
 use crate::agent_conn::AgentConn;
@@ -139,6 +139,7 @@ impl NamespaceDriver {
             std::os::unix::fs::chown(d, Some(self.cfg.id_map_base), Some(self.cfg.id_map_base))
                 .map_err(io_err(format!("chown {}", d.display())))?;
         }
+        let private_files = self.private_account_files(&dir)?;
         let limits = CgroupLimits {
             cpus: spec.cpus,
             memory_bytes: spec.memory_bytes,
@@ -156,6 +157,7 @@ impl NamespaceDriver {
             rootfs,
             read_only_binds: self.host_image.binds.clone(),
             hidden_files: self.host_image.hidden.clone(),
+            private_files,
             agent_binary: self.agent_path.clone(),
             agent_socket: self.socket_path(&spec.id),
             cgroup_procs,
@@ -163,6 +165,7 @@ impl NamespaceDriver {
             id_map_count: self.cfg.id_map_count,
             workdir: spec.workdir.clone(),
             env: spec.env.clone(),
+            user: spec.user.clone(),
         };
         let input =
             serde_json::to_vec(&launch).map_err(|e| create_err("encode launch config", e))?;
@@ -194,6 +197,55 @@ impl NamespaceDriver {
             .and_then(serde_json::Value::as_i64)
             .and_then(|p| i32::try_from(p).ok())
             .ok_or_else(|| create_err("bootstrap", "helper reported no pid"))
+    }
+
+    /// The sandbox's own copies of the image's /etc/passwd and /etc/group,
+    /// owned by its root, so the agent can add users (`user: "agent"`)
+    /// without touching the host's files.
+    fn private_account_files(&self, dir: &Path) -> Result<Vec<BindMount>, DriverError> {
+        let etc = dir.join("etc");
+        std::fs::create_dir_all(&etc).map_err(io_err(format!("create {}", etc.display())))?;
+        let mut binds = Vec::new();
+        for name in ["passwd", "group"] {
+            let host = Path::new("/etc").join(name);
+            let copy = etc.join(name);
+            match std::fs::copy(&host, &copy) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(format!("copy {}", host.display()))(e)),
+            }
+            std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o644))
+                .map_err(io_err(format!("chmod {}", copy.display())))?;
+            std::os::unix::fs::chown(
+                &copy,
+                Some(self.cfg.id_map_base),
+                Some(self.cfg.id_map_base),
+            )
+            .map_err(io_err(format!("chown {}", copy.display())))?;
+            binds.push(BindMount {
+                source: copy,
+                target: host,
+            });
+        }
+        Ok(binds)
+    }
+
+    /// The kernel's count of OOM kills in the sandbox's memory cgroup.
+    fn oom_kills(&self, id: &str) -> u64 {
+        let Some(dir) = self.cgroups.memory_dir(&self.cfg.cgroup_parent, id) else {
+            return 0;
+        };
+        // v1: memory.oom_control; v2: memory.events. Both have "oom_kill N".
+        ["memory.oom_control", "memory.events"]
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(dir.join(f)).ok())
+            .find_map(|text| {
+                text.lines().find_map(|l| {
+                    l.strip_prefix("oom_kill ")
+                        .and_then(|n| n.trim().parse().ok())
+                })
+            })
+            .unwrap_or(0)
     }
 
     fn cleanup(&self, id: &str) -> Result<(), DriverError> {
@@ -326,6 +378,7 @@ impl Driver for NamespaceDriver {
                 conn
             }
         };
+        let oom_before = self.oom_kills(id);
         let answer = conn
             .request(|stream| {
                 Frame::Exec(warren_proto::ExecRequest {
@@ -335,6 +388,7 @@ impl Driver for NamespaceDriver {
                     env: spec.env,
                     stdin: spec.stdin,
                     timeout_ms: spec.timeout.map(|t| t.as_millis() as u64),
+                    user: spec.user,
                 })
             })
             .await?;
@@ -345,6 +399,7 @@ impl Driver for NamespaceDriver {
                 stderr: done.stderr,
                 duration: Duration::from_millis(done.duration_ms),
                 timed_out: done.timed_out,
+                oom_killed: self.oom_kills(id) > oom_before,
             }),
             Frame::Error { message, .. } => Err(DriverError::Agent(message)),
             other => Err(DriverError::Agent(format!("unexpected answer {other:?}"))),

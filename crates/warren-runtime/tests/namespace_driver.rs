@@ -64,6 +64,7 @@ impl Harness {
             pids_limit: 128,
             env: vec![("GREETING".into(), "hello".into())],
             workdir: "/workspace".into(),
+            user: None,
         }
     }
 
@@ -335,13 +336,35 @@ async fn memory_and_pids_limits_hold() {
     let dirs = h.driver.cgroup_dirs("nslimits1");
     assert!(!dirs.is_empty());
     // Allocating 256 MiB in a 64 MiB sandbox gets the allocator killed.
-    let (code, _, _) = h
-        .sh(
+    let out = h
+        .driver
+        .exec(
             "nslimits1",
-            "head -c 268435456 /dev/zero | tail > /dev/null",
+            ExecSpec {
+                argv: vec![
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    "head -c 268435456 /dev/zero | tail > /dev/null".into(),
+                ],
+                ..Default::default()
+            },
         )
-        .await;
-    assert_eq!(code, 128 + 9, "memory hog was not OOM-killed");
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 128 + 9, "memory hog was not OOM-killed");
+    assert!(out.oom_killed, "the OOM kill was not reported");
+    let calm = h
+        .driver
+        .exec(
+            "nslimits1",
+            ExecSpec {
+                argv: vec!["true".into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!calm.oom_killed);
     // A fork loop cannot get past 32 tasks: the host sees the cgroup at its
     // limit and counts refused forks (the shell itself dies on EAGAIN).
     let pids_dir = dirs
@@ -425,4 +448,77 @@ async fn a_new_driver_adopts_running_sandboxes() {
         ..info
     };
     assert!(again.adopt("nsadopt1", &stale).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_run_hardened_and_as_the_requested_user() {
+    require_root!();
+    let h = Harness::new();
+    let mut spec = h.spec("nsuser1");
+    spec.user = Some("agent".into());
+    h.create(&spec).await;
+
+    // The default user is created on first use, owns the workdir, has no caps.
+    let (code, out, err) = h.sh("nsuser1", "id -un; id -u; echo $HOME; stat -c %U /workspace; grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status").await;
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        (lines[0], lines[2], lines[3]),
+        ("agent", "/home/agent", "agent"),
+        "{out}"
+    );
+    let agent_uid: u32 = lines[1].parse().unwrap();
+    assert!((1000..60000).contains(&agent_uid), "{out}");
+    assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
+    assert!(
+        out.contains("NoNewPrivs:\t1") && out.contains("Seccomp:\t2"),
+        "{out}"
+    );
+    // The user cannot edit the account files; they are the sandbox's own copies.
+    let (code, _, _) = h.sh("nsuser1", "echo x >> /etc/passwd").await;
+    assert_ne!(code, 0);
+    assert!(
+        !std::fs::read_to_string("/etc/passwd")
+            .unwrap()
+            .contains(&format!("agent:x:{agent_uid}:")),
+        "host passwd changed"
+    );
+
+    // Root on request: only runc's default capabilities, and seccomp refuses
+    // mounts and new user namespaces.
+    let out = h
+        .driver
+        .exec(
+            "nsuser1",
+            ExecSpec {
+                argv: vec!["/bin/sh".into(), "-c".into(), "grep CapBnd /proc/self/status; unshare -U true; echo userns=$?; mount -t tmpfs x /mnt; echo mount=$?".into()],
+                user: Some("root".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mask = warren_linux::caps::mask(warren_linux::caps::DEFAULT_CAPABILITIES);
+    assert!(text.contains(&format!("CapBnd:\t{mask:016x}")), "{text}");
+    assert!(
+        text.contains("userns=1") && !text.contains("mount=0"),
+        "{text}"
+    );
+
+    // A second user is created on demand, with its own id.
+    let out = h
+        .driver
+        .exec(
+            "nsuser1",
+            ExecSpec {
+                argv: vec!["id".into(), "-u".into()],
+                user: Some("builder".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let builder_uid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert!(builder_uid >= 1000 && builder_uid != agent_uid);
 }

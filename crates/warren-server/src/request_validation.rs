@@ -8,12 +8,16 @@ use warren_api::{
     CreateSandboxRequest, ExecRequest, ResolvedResources, DEFAULT_CPUS, DEFAULT_IMAGE,
     DEFAULT_MEMORY_MB, DEFAULT_PIDS_LIMIT, DEFAULT_WORKDIR,
 };
-use warren_runtime::ExecSpec;
+use warren_runtime::{ExecSpec, HostCapacity};
 
 use crate::error::ApiError;
 
 /// Smallest memory limit a sandbox can start with (the agent needs some).
 pub const MIN_MEMORY_MB: i64 = 16;
+/// Smallest CPU quota, in cores (the kernel's 1 ms per 100 ms floor).
+pub const MIN_CPUS: f64 = 0.01;
+/// Smallest pids limit: the agent's own threads need a few.
+pub const MIN_PIDS_LIMIT: i64 = 16;
 /// Largest memory limit accepted (1 TiB), so byte counts never overflow.
 pub const MAX_MEMORY_MB: i64 = 1024 * 1024;
 /// Largest CPU quota accepted, in cores.
@@ -38,6 +42,8 @@ pub struct ValidatedCreate {
     pub workdir: String,
     /// Labels.
     pub metadata: BTreeMap<String, String>,
+    /// Default user of commands (`None`: root).
+    pub user: Option<String>,
 }
 
 fn no_nul(field: &str, value: &str) -> Result<(), ApiError> {
@@ -77,29 +83,36 @@ fn check_env(field: &str, env: &BTreeMap<String, String>) -> Result<(), ApiError
     Ok(())
 }
 
-fn resolve_resources(req: &CreateSandboxRequest) -> Result<ResolvedResources, ApiError> {
+fn resolve_resources(
+    req: &CreateSandboxRequest,
+    host: &HostCapacity,
+) -> Result<ResolvedResources, ApiError> {
     let requested = req.resources.clone().unwrap_or_default();
-    let cpus = requested.cpus.unwrap_or(DEFAULT_CPUS);
-    if !cpus.is_finite() || cpus <= 0.0 || cpus > MAX_CPUS {
+    let max_cpus = host.cpus.min(MAX_CPUS);
+    let cpus = requested.cpus.unwrap_or(DEFAULT_CPUS.min(max_cpus));
+    if !cpus.is_finite() || !(MIN_CPUS..=max_cpus).contains(&cpus) {
         return Err(ApiError::invalid_value(format!(
-            "resources.cpus must be greater than 0 and at most {MAX_CPUS}, got {cpus}"
+            "resources.cpus must be between {MIN_CPUS} and {max_cpus} (this host's CPUs), got {cpus}"
         )));
     }
+    let max_memory = i64::try_from(host.memory_mb)
+        .unwrap_or(MAX_MEMORY_MB)
+        .min(MAX_MEMORY_MB);
     let memory_mb = match requested.memory_mb {
-        None => DEFAULT_MEMORY_MB,
-        Some(mb) if (MIN_MEMORY_MB..=MAX_MEMORY_MB).contains(&mb) => mb.unsigned_abs(),
+        None => DEFAULT_MEMORY_MB.min(max_memory.unsigned_abs()),
+        Some(mb) if (MIN_MEMORY_MB..=max_memory).contains(&mb) => mb.unsigned_abs(),
         Some(mb) => {
             return Err(ApiError::invalid_value(format!(
-                "resources.memoryMb must be between {MIN_MEMORY_MB} and {MAX_MEMORY_MB}, got {mb}"
+                "resources.memoryMb must be between {MIN_MEMORY_MB} and {max_memory} (this host's memory), got {mb}"
             )))
         }
     };
     let pids_limit = match requested.pids_limit {
         None => DEFAULT_PIDS_LIMIT,
-        Some(n) if (1..=MAX_PIDS_LIMIT).contains(&n) => n.unsigned_abs(),
+        Some(n) if (MIN_PIDS_LIMIT..=MAX_PIDS_LIMIT).contains(&n) => n.unsigned_abs(),
         Some(n) => {
             return Err(ApiError::invalid_value(format!(
-                "resources.pidsLimit must be between 1 and {MAX_PIDS_LIMIT}, got {n}"
+                "resources.pidsLimit must be between {MIN_PIDS_LIMIT} and {MAX_PIDS_LIMIT}, got {n}"
             )))
         }
     };
@@ -110,10 +123,32 @@ fn resolve_resources(req: &CreateSandboxRequest) -> Result<ResolvedResources, Ap
     })
 }
 
+/// Checks a user name: `root`, or a POSIX-style login name.
+pub fn check_user(field: &str, user: &str) -> Result<(), ApiError> {
+    let mut chars = user.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    let rest_ok =
+        chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if !first_ok || !rest_ok || user.len() > 32 {
+        return Err(ApiError::invalid_value(format!(
+            "{field} must be a user name of at most 32 characters: a lowercase letter or _ followed by lowercase letters, digits, _ or -; got {user:?}"
+        )));
+    }
+    Ok(())
+}
+
 /// Applies defaults and checks every field of a create request.
 /// Whether the image exists is the driver's call, checked by the service.
-pub fn validate_create(req: CreateSandboxRequest) -> Result<ValidatedCreate, ApiError> {
-    let resources = resolve_resources(&req)?;
+pub fn validate_create(
+    req: CreateSandboxRequest,
+    host: &HostCapacity,
+) -> Result<ValidatedCreate, ApiError> {
+    let resources = resolve_resources(&req, host)?;
+    if let Some(user) = &req.user {
+        check_user("user", user)?;
+    }
     let image = req.image.unwrap_or_else(|| DEFAULT_IMAGE.to_owned());
     if image.is_empty() {
         return Err(ApiError::invalid_value("image must not be empty"));
@@ -146,6 +181,7 @@ pub fn validate_create(req: CreateSandboxRequest) -> Result<ValidatedCreate, Api
     }
     Ok(ValidatedCreate {
         image,
+        user: req.user.filter(|u| u != "root"),
         name: req.name,
         resources,
         env,
@@ -204,6 +240,9 @@ pub fn validate_exec(
     check_env("env", &extra_env)?;
     let mut env = sandbox_env.clone();
     env.extend(extra_env);
+    if let Some(user) = &req.user {
+        check_user("user", user)?;
+    }
     let timeout = match req.timeout_ms {
         Some(0) => return Err(ApiError::invalid_value("timeoutMs must be at least 1")),
         Some(ms) => Some(Duration::from_millis(ms)),
@@ -215,6 +254,7 @@ pub fn validate_exec(
         env: env.into_iter().collect(),
         stdin: req.stdin.map(String::into_bytes).unwrap_or_default(),
         timeout,
+        user: req.user,
     })
 }
 
@@ -223,16 +263,105 @@ mod tests {
     use super::*;
     use warren_api::{ErrorCode, Resources};
 
+    /// A fixed host so the tests do not depend on the machine.
+    const HOST: HostCapacity = HostCapacity {
+        cpus: 4.0,
+        memory_mb: 8192,
+    };
+
     fn create_with(resources: Resources) -> Result<ValidatedCreate, ApiError> {
-        validate_create(CreateSandboxRequest {
-            resources: Some(resources),
-            ..Default::default()
+        validate_create(
+            CreateSandboxRequest {
+                resources: Some(resources),
+                ..Default::default()
+            },
+            &HOST,
+        )
+    }
+
+    #[test]
+    fn limits_beyond_the_host_or_below_the_floor_name_the_allowed_range() {
+        for (resources, needle) in [
+            (
+                Resources {
+                    memory_mb: Some(8193),
+                    ..Default::default()
+                },
+                "between 16 and 8192",
+            ),
+            (
+                Resources {
+                    cpus: Some(4.5),
+                    ..Default::default()
+                },
+                "between 0.01 and 4",
+            ),
+            (
+                Resources {
+                    cpus: Some(0.001),
+                    ..Default::default()
+                },
+                "resources.cpus",
+            ),
+            (
+                Resources {
+                    pids_limit: Some(8),
+                    ..Default::default()
+                },
+                "between 16 and",
+            ),
+        ] {
+            let err = create_with(resources).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidValue);
+            assert!(err.message.contains(needle), "{}", err.message);
+        }
+        assert!(create_with(Resources {
+            memory_mb: Some(8192),
+            cpus: Some(4.0),
+            pids_limit: Some(16)
         })
+        .is_ok());
+    }
+
+    #[test]
+    fn user_names_are_checked() {
+        for bad in [
+            "",
+            "Root",
+            "1abc",
+            "a b",
+            "../x",
+            "averyveryveryveryverylongusername1",
+        ] {
+            let req = CreateSandboxRequest {
+                user: Some(bad.into()),
+                ..Default::default()
+            };
+            assert!(validate_create(req, &HOST).is_err(), "{bad:?} accepted");
+        }
+        let ok = validate_create(
+            CreateSandboxRequest {
+                user: Some("agent".into()),
+                ..Default::default()
+            },
+            &HOST,
+        )
+        .unwrap();
+        assert_eq!(ok.user.as_deref(), Some("agent"));
+        let root = validate_create(
+            CreateSandboxRequest {
+                user: Some("root".into()),
+                ..Default::default()
+            },
+            &HOST,
+        )
+        .unwrap();
+        assert_eq!(root.user, None);
     }
 
     #[test]
     fn defaults_apply() {
-        let v = validate_create(CreateSandboxRequest::default()).unwrap();
+        let v = validate_create(CreateSandboxRequest::default(), &HOST).unwrap();
         assert_eq!(v.image, DEFAULT_IMAGE);
         assert_eq!(v.workdir, DEFAULT_WORKDIR);
         assert_eq!(v.resources, ResolvedResources::default());
@@ -305,7 +434,7 @@ mod tests {
         let ok = create_with(Resources {
             cpus: Some(0.5),
             memory_mb: Some(16),
-            pids_limit: Some(1),
+            pids_limit: Some(MIN_PIDS_LIMIT),
         })
         .unwrap();
         assert_eq!(ok.resources.memory_mb, 16);
@@ -344,7 +473,7 @@ mod tests {
             ),
         ];
         for (req, field) in cases {
-            let err = validate_create(req).unwrap_err();
+            let err = validate_create(req, &HOST).unwrap_err();
             assert_eq!(err.code, ErrorCode::InvalidValue);
             assert!(err.message.starts_with(field), "{}", err.message);
         }

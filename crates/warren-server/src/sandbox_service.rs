@@ -8,7 +8,7 @@ use chrono::{SubsecRound, Utc};
 use rand::Rng;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use warren_api::{CreateSandboxRequest, ExecRequest, ExecResult, Sandbox, SandboxState};
-use warren_runtime::{Driver, DriverError, RuntimeInfo, SandboxSpec};
+use warren_runtime::{Driver, DriverError, HostCapacity, RuntimeInfo, SandboxSpec};
 use warren_store::{SandboxRecord, Store};
 
 use crate::error::ApiError;
@@ -88,6 +88,8 @@ pub struct RecoveryReport {
 pub struct SandboxService {
     store: Store,
     driver: Arc<dyn Driver>,
+    /// What the host can give, for validating requested limits.
+    host: HostCapacity,
     /// One lock per sandbox, held across each state transition so that, for
     /// example, a delete waits for a create in progress. Exec does not hold it
     /// while the command runs.
@@ -111,6 +113,7 @@ impl SandboxService {
         Self {
             store,
             driver,
+            host: HostCapacity::detect(),
             locks: StdMutex::new(HashMap::new()),
         }
     }
@@ -160,7 +163,7 @@ impl SandboxService {
     /// Validates the request, creates the sandbox and waits until it runs.
     /// A driver failure leaves the sandbox listed as `failed`.
     pub async fn create(&self, req: CreateSandboxRequest) -> Result<Sandbox, ApiError> {
-        let valid = validate_create(req)?;
+        let valid = validate_create(req, &self.host)?;
         if !self.driver.has_image(&valid.image) {
             return Err(ApiError::invalid_value(format!(
                 "image {:?} is not available to the {} driver",
@@ -183,6 +186,7 @@ impl SandboxService {
             updated_at: now,
             failure_reason: None,
             runtime: None,
+            user: valid.user,
         };
         let id = record.id.clone();
         let _guard = self.lock(&id).await;
@@ -199,6 +203,7 @@ impl SandboxService {
             pids_limit: record.resources.pids_limit,
             env: record.env.clone().into_iter().collect(),
             workdir: record.workdir.clone(),
+            user: record.user.clone(),
         };
         match self.driver.create(&spec).await {
             Ok(info) => {
@@ -269,13 +274,26 @@ impl SandboxService {
             )));
         }
         match self.driver.exec(id, spec).await {
-            Ok(outcome) => Ok(ExecResult {
-                exit_code: outcome.exit_code,
-                stdout: String::from_utf8_lossy(&outcome.stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&outcome.stderr).into_owned(),
-                duration_ms: u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX),
-                timed_out: outcome.timed_out,
-            }),
+            Ok(outcome) => {
+                if outcome.oom_killed {
+                    // Best effort: the result already tells the caller.
+                    if let Err(e) = self
+                        .store
+                        .record_event(id, "oom_killed", &serde_json::json!({}))
+                        .await
+                    {
+                        tracing::warn!(sandbox = %id, error = %e, "could not record oom event");
+                    }
+                }
+                Ok(ExecResult {
+                    exit_code: outcome.exit_code,
+                    stdout: String::from_utf8_lossy(&outcome.stdout).into_owned(),
+                    stderr: String::from_utf8_lossy(&outcome.stderr).into_owned(),
+                    duration_ms: u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX),
+                    timed_out: outcome.timed_out,
+                    oom_killed: outcome.oom_killed,
+                })
+            }
             Err(DriverError::AgentUnavailable(message)) => {
                 let _guard = self.lock(id).await;
                 // Re-read under the lock: a concurrent delete may have won.

@@ -71,6 +71,7 @@ impl Driver for FakeDriver {
             stderr: b"err".to_vec(),
             duration: Duration::from_millis(12),
             timed_out: false,
+            oom_killed: false,
         })
     }
     async fn destroy(&self, id: &str, _info: Option<&RuntimeInfo>) -> Result<(), DriverError> {

@@ -36,6 +36,8 @@ pub struct SandboxRecord {
     pub failure_reason: Option<String>,
     /// The driver's `RuntimeInfo` as JSON, while the sandbox has processes.
     pub runtime: Option<String>,
+    /// Default user of commands (`None`: root).
+    pub user: Option<String>,
 }
 
 impl SandboxRecord {
@@ -54,12 +56,13 @@ impl SandboxRecord {
             created_at: self.created_at,
             updated_at: self.updated_at,
             failure_reason: self.failure_reason.clone(),
+            user: self.user.clone(),
         }
     }
 }
 
 const SANDBOX_COLUMNS: &str = "id, name, state, image, driver, cpus, memory_mb, pids_limit, env, \
-     workdir, metadata, created_at, updated_at, failure_reason, runtime";
+     workdir, metadata, created_at, updated_at, failure_reason, runtime, default_user";
 
 fn to_i64(field: &'static str, value: u64) -> Result<i64, StoreError> {
     i64::try_from(value).map_err(|_| StoreError::OutOfRange { field, value })
@@ -114,6 +117,7 @@ fn decode_sandbox(row: &SqliteRow) -> Result<SandboxRecord, StoreError> {
         updated_at: parse_timestamp(&id, "updated_at", &get("updated_at")?)?,
         failure_reason: get_opt("failure_reason")?,
         runtime: get_opt("runtime")?,
+        user: get_opt("default_user")?,
         id,
     })
 }
@@ -126,7 +130,7 @@ impl Store {
             serde_json::to_string(&rec.metadata).map_err(|e| corrupt(&rec.id, "metadata", e))?;
         let sql = format!(
             "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
         );
         sqlx::query(&sql)
             .bind(&rec.id)
@@ -144,6 +148,7 @@ impl Store {
             .bind(timestamp_text(rec.updated_at))
             .bind(&rec.failure_reason)
             .bind(&rec.runtime)
+            .bind(&rec.user)
             .execute(&self.pool)
             .await
             .map_err(|source| {

@@ -24,6 +24,7 @@ fn record(id: &str, offset_ms: i64) -> SandboxRecord {
         updated_at: at,
         failure_reason: None,
         runtime: None,
+        user: None,
     }
 }
 

@@ -1,0 +1,2 @@
+-- The user commands run as by default (NULL: root).
+ALTER TABLE sandboxes ADD COLUMN default_user TEXT;
