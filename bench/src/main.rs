@@ -1,0 +1,221 @@
+//! `warren-bench`: Warren's benchmarks, side by side with bwrap, runc, runsc
+//! and podman. See bench/README.md.
+
+mod env;
+mod peers;
+mod report;
+mod scenarios;
+mod stats;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+
+use anyhow::{bail, Result};
+use clap::Parser;
+
+use crate::env::BenchEnv;
+use crate::peers::PeerState;
+use crate::report::ScenarioResult;
+use crate::scenarios::{Ctx, Rounds, AVAILABLE, UNAVAILABLE};
+
+/// Benchmarks Warren against bwrap, runc, runsc (gVisor) and podman.
+#[derive(Debug, Parser)]
+#[command(name = "warren-bench")]
+struct Args {
+    /// `all`, or scenario names: create, exec, concurrent (and the not yet
+    /// available fork, snapshot, density, file-transfer, streaming,
+    /// port-proxy, warm-pool, pause-resume, gvisor-suspend).
+    #[arg(required = true, value_name = "SCENARIO")]
+    scenarios: Vec<String>,
+    /// One counted round of each scenario, no warm-up (CI smoke run).
+    #[arg(long)]
+    quick: bool,
+    /// Also write results/baseline.json.
+    #[arg(long)]
+    save_baseline: bool,
+    /// Where the JSON goes (default: bench/results in the source tree).
+    #[arg(long, value_name = "DIR")]
+    out_dir: Option<PathBuf>,
+    /// Override the counted rounds of `create` (default 100) and `exec` (default 200).
+    #[arg(long, value_name = "N")]
+    rounds: Option<usize>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("warren-bench: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("warren-bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Expands `all` and checks names.
+fn selected(names: &[String]) -> Result<Vec<&'static str>> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for n in names {
+        let expanded: Vec<&'static str> = if n == "all" {
+            AVAILABLE.iter().chain(UNAVAILABLE).copied().collect()
+        } else if let Some(s) = AVAILABLE.iter().chain(UNAVAILABLE).find(|s| **s == n) {
+            vec![*s]
+        } else {
+            bail!(
+                "unknown scenario {n:?}; known: all, {}, {}",
+                AVAILABLE.join(", "),
+                UNAVAILABLE.join(", ")
+            );
+        };
+        for s in expanded {
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn run(args: Args) -> Result<()> {
+    let names = selected(&args.scenarios)?;
+    tokio::spawn(async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        eprintln!("warren-bench: interrupted; cleaning up");
+        scenarios::STOP.store(true, Ordering::Relaxed);
+    });
+
+    let out_dir = args
+        .out_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results"));
+    let needs_daemon = names.iter().any(|n| AVAILABLE.contains(n));
+    let warren_bin = if needs_daemon {
+        Some(env::locate_warren()?)
+    } else {
+        None
+    };
+
+    // Declared first so it is dropped last: daemon, cgroups and temp dir go
+    // after the peers have cleaned up their own state.
+    let mut bench_env = BenchEnv::new()?;
+    let machine = report::machine(warren_bin.as_deref());
+    let mut results: Vec<ScenarioResult> = Vec::new();
+    let outcome = async {
+        let Some(bin) = &warren_bin else {
+            return Ok(());
+        };
+        eprintln!(
+            "warren-bench: daemon {} in {}",
+            bin.display(),
+            bench_env.dir.display()
+        );
+        let client = bench_env.start_daemon(bin).await?;
+        let mut peers: Vec<(String, PeerState)> = Vec::new();
+        if names.contains(&"create") {
+            eprintln!("warren-bench: setting up peers (bwrap, runc, runsc, podman)");
+            let tmp = bench_env.dir.clone();
+            let cg = bench_env.peer_cgroup.clone();
+            peers.push(("bwrap".into(), peers::bwrap()));
+            peers.push(("runc".into(), peers::runc(&tmp, &cg)));
+            peers.push(("runsc".into(), peers::runsc(&tmp, &cg)));
+            peers.push(("podman".into(), peers::podman(&tmp, &cg)));
+            for (name, state) in &peers {
+                eprintln!("  {name}: {}", state.status());
+            }
+        }
+        let mut ctx = Ctx {
+            client,
+            peers,
+            quick: args.quick,
+        };
+        for name in &names {
+            let r = match *name {
+                "create" => {
+                    let rounds = if args.quick {
+                        Rounds {
+                            warmup: 0,
+                            counted: 1,
+                        }
+                    } else {
+                        Rounds {
+                            warmup: 5,
+                            counted: args.rounds.unwrap_or(100),
+                        }
+                    };
+                    eprintln!(
+                        "warren-bench: create ({} + {} rounds)",
+                        rounds.warmup, rounds.counted
+                    );
+                    scenarios::create(&mut ctx, rounds).await
+                }
+                "exec" => {
+                    let rounds = if args.quick {
+                        Rounds {
+                            warmup: 0,
+                            counted: 1,
+                        }
+                    } else {
+                        Rounds {
+                            warmup: 10,
+                            counted: args.rounds.unwrap_or(200),
+                        }
+                    };
+                    eprintln!(
+                        "warren-bench: exec ({} + {} rounds)",
+                        rounds.warmup, rounds.counted
+                    );
+                    scenarios::exec(&mut ctx, rounds).await
+                }
+                "concurrent" => {
+                    let total = if args.quick { 16 } else { 64 };
+                    eprintln!("warren-bench: concurrent (16 clients, {total} sandboxes)");
+                    scenarios::concurrent(&mut ctx, 16, total).await
+                }
+                _ => continue,
+            };
+            match r {
+                Ok(r) => results.push(r),
+                Err(e) => {
+                    return Err(e.context(format!(
+                        "scenario {name} failed; daemon log tail:\n{}",
+                        bench_env.daemon_log_tail()
+                    )))
+                }
+            }
+        }
+        // Peers (podman's storage) clean up here, before the daemon and temp dir.
+        drop(ctx);
+        anyhow::Ok(())
+    }
+    .await;
+    for name in &names {
+        if UNAVAILABLE.contains(name) {
+            results.push(ScenarioResult::unavailable(name, args.quick));
+        }
+    }
+    report::print_table(&results);
+    report::write_latest(&out_dir, &machine, &results)?;
+    println!("wrote {}/<scenario>-latest.json", out_dir.display());
+    if args.save_baseline && outcome.is_ok() {
+        report::write_baseline(&out_dir, &machine, &results)?;
+    }
+    drop(bench_env);
+    outcome
+}

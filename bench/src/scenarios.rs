@@ -1,0 +1,341 @@
+//! The scenarios. Each returns a [`ScenarioResult`]; Warren failing is an
+//! error, a peer failing is a status in the table.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use warren_client::{Client, CreateSandboxRequest, ExecRequest};
+
+use crate::peers::{first_line, PeerState};
+use crate::report::{ScenarioResult, SystemResult, Target};
+use crate::stats;
+
+/// Set by ctrl-c / SIGTERM; rounds stop and cleanup runs.
+pub static STOP: AtomicBool = AtomicBool::new(false);
+
+fn check_stop() -> Result<()> {
+    if STOP.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Scenarios that exist in the issue but whose Warren capability is not built yet.
+pub const UNAVAILABLE: &[&str] = &[
+    "fork",
+    "snapshot",
+    "density",
+    "file-transfer",
+    "streaming",
+    "port-proxy",
+    "warm-pool",
+    "pause-resume",
+    "gvisor-suspend",
+];
+/// Scenarios that run today, in `all` order.
+pub const AVAILABLE: &[&str] = &["create", "exec", "concurrent"];
+
+/// Round counts: (warm-up, counted).
+#[derive(Clone, Copy)]
+pub struct Rounds {
+    pub warmup: usize,
+    pub counted: usize,
+}
+
+pub struct Ctx {
+    pub client: Client,
+    pub peers: Vec<(String, PeerState)>,
+    pub quick: bool,
+}
+
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+fn exec_true() -> ExecRequest {
+    ExecRequest {
+        cmd: Some(vec!["true".into()]),
+        ..Default::default()
+    }
+}
+
+/// Warren's times for one create → exec → delete, in ms.
+struct WarrenRound {
+    create: f64,
+    exec: f64,
+    delete: f64,
+}
+
+async fn warren_round(client: &Client) -> Result<WarrenRound> {
+    let t0 = Instant::now();
+    let sb = client
+        .create_sandbox(&CreateSandboxRequest::default())
+        .await
+        .context("warren create")?;
+    let create = ms_since(t0);
+    let t1 = Instant::now();
+    let r = client.exec(&sb.id, &exec_true()).await;
+    let exec = ms_since(t1);
+    let t2 = Instant::now();
+    let d = client.delete_sandbox(&sb.id).await;
+    let delete = ms_since(t2);
+    let r = r.context("warren exec")?;
+    if r.exit_code != 0 {
+        bail!(
+            "warren exec of `true` exited {}: {}",
+            r.exit_code,
+            r.stderr.trim()
+        );
+    }
+    d.context("warren delete")?;
+    Ok(WarrenRound {
+        create,
+        exec,
+        delete,
+    })
+}
+
+/// `create`: create → first exec of `true` → delete, interleaved with peers.
+pub async fn create(ctx: &mut Ctx, rounds: Rounds) -> Result<ScenarioResult> {
+    let n_sys = 1 + ctx.peers.len();
+    let total = rounds.warmup + rounds.counted;
+    let mut w_full = Vec::new();
+    let mut w_create = Vec::new();
+    let mut w_exec = Vec::new();
+    let mut w_delete = Vec::new();
+    let mut w_ce = Vec::new();
+    let mut peer_samples: Vec<Vec<Option<f64>>> = vec![Vec::new(); ctx.peers.len()];
+    for round in 0..total {
+        check_stop()?;
+        let counted = round >= rounds.warmup;
+        // Rotate who goes first so order effects spread evenly.
+        for k in 0..n_sys {
+            let which = (round + k) % n_sys;
+            if which == 0 {
+                let w = warren_round(&ctx.client).await?;
+                if counted {
+                    w_full.push(Some(w.create + w.exec + w.delete));
+                    w_create.push(Some(w.create));
+                    w_exec.push(Some(w.exec));
+                    w_delete.push(Some(w.delete));
+                    w_ce.push(Some(w.create + w.exec));
+                }
+                continue;
+            }
+            let (_, state) = &mut ctx.peers[which - 1];
+            let sample = match state {
+                PeerState::Ready(peer) => {
+                    let id = format!("{}-{round}", std::process::id());
+                    let t = Instant::now();
+                    let r = peer.round(&id);
+                    let took = ms_since(t);
+                    peer.after_round(&id);
+                    match r {
+                        Ok(()) => Some(took),
+                        Err(e) => {
+                            *state = PeerState::Failed(format!(
+                                "round {round}: {}",
+                                first_line(&e.to_string())
+                            ));
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            };
+            if counted {
+                peer_samples[which - 1].push(sample);
+            }
+        }
+        if !ctx.quick && (round + 1) % 20 == 0 {
+            eprintln!("  create: {}/{total} rounds", round + 1);
+        }
+    }
+    let mut systems = vec![
+        SystemResult::new("warren create+exec+delete", "ok".into(), w_full.clone()),
+        SystemResult::new("warren create+exec", "ok".into(), w_ce.clone()),
+        SystemResult::new("  warren create", "ok".into(), w_create),
+        SystemResult::new("  warren first exec", "ok".into(), w_exec),
+        SystemResult::new("  warren delete", "ok".into(), w_delete),
+    ];
+    let mut ratios = Vec::new();
+    for ((name, state), samples) in ctx.peers.iter().zip(peer_samples) {
+        let mut s = SystemResult::new(name, state.status(), samples.clone());
+        s.ratio_vs_warren = stats::pairwise_ratio(&samples, &w_full);
+        s.ratio_vs_warren_create_exec = stats::pairwise_ratio(&samples, &w_ce);
+        ratios.push((
+            name.clone(),
+            s.ratio_vs_warren,
+            s.ratio_vs_warren_create_exec,
+        ));
+        systems.push(s);
+    }
+    let ce_p50 = systems[1].summary.as_ref().map(|s| s.p50_ms);
+    let ratio_of = |peer: &str| ratios.iter().find(|r| r.0 == peer).and_then(|r| r.1);
+    let targets = vec![
+        Target::at_most("warren create+exec p50", ce_p50, 10.0, "ms"),
+        Target::at_least(
+            "runc run / warren create+exec+delete (median per-round ratio)",
+            ratio_of("runc"),
+            3.0,
+            "x",
+        ),
+        Target::at_least(
+            "podman run / warren create+exec+delete (median per-round ratio)",
+            ratio_of("podman"),
+            10.0,
+            "x",
+        ),
+    ];
+    Ok(ScenarioResult {
+        scenario: "create".into(),
+        status: "ok".into(),
+        quick: ctx.quick,
+        warmup: rounds.warmup,
+        rounds: rounds.counted,
+        systems,
+        targets,
+        extra: json!({
+            "peer_commands": {
+                "bwrap": "bwrap --unshare-all --die-with-parent --ro-bind / / true",
+                "runc": "runc run (bundle: empty rootfs + ro binds of /usr, /etc; symlinks /bin,/lib,...) ; runc delete -f untimed",
+                "runsc": "runsc --network=none run of the same bundle; runsc delete -force untimed",
+                "podman": "podman --runtime runc run --rm --network none <imported tar of /usr/bin/true + libs> /usr/bin/true",
+            }
+        }),
+    })
+}
+
+/// `exec`: exec round trip of `true` on one running sandbox vs spawning
+/// `true` on the host (the floor).
+pub async fn exec(ctx: &mut Ctx, rounds: Rounds) -> Result<ScenarioResult> {
+    let sb = ctx
+        .client
+        .create_sandbox(&CreateSandboxRequest::default())
+        .await
+        .context("warren create")?;
+    let result = exec_rounds(&ctx.client, &sb.id, rounds).await;
+    let deleted = ctx.client.delete_sandbox(&sb.id).await;
+    let (warren, host) = result?;
+    deleted.context("warren delete")?;
+    let w = SystemResult::new("warren exec round trip", "ok".into(), warren.clone());
+    let mut h = SystemResult::new("host spawn of true (floor)", "ok".into(), host.clone());
+    h.ratio_vs_warren = stats::pairwise_ratio(&host, &warren);
+    let p50 = w.summary.as_ref().map(|s| s.p50_ms);
+    Ok(ScenarioResult {
+        scenario: "exec".into(),
+        status: "ok".into(),
+        quick: ctx.quick,
+        warmup: rounds.warmup,
+        rounds: rounds.counted,
+        systems: vec![w, h],
+        targets: vec![Target::at_most(
+            "warren exec round trip p50",
+            p50,
+            2.0,
+            "ms",
+        )],
+        extra: serde_json::Value::Null,
+    })
+}
+
+type Samples = Vec<Option<f64>>;
+
+async fn exec_rounds(client: &Client, id: &str, rounds: Rounds) -> Result<(Samples, Samples)> {
+    let mut warren = Vec::new();
+    let mut host = Vec::new();
+    let req = exec_true();
+    for round in 0..rounds.warmup + rounds.counted {
+        check_stop()?;
+        let counted = round >= rounds.warmup;
+        for k in 0..2 {
+            if (round + k) % 2 == 0 {
+                let t = Instant::now();
+                let r = client.exec(id, &req).await.context("warren exec")?;
+                let took = ms_since(t);
+                if r.exit_code != 0 {
+                    bail!("warren exec of `true` exited {}", r.exit_code);
+                }
+                if counted {
+                    warren.push(Some(took));
+                }
+            } else {
+                let t = Instant::now();
+                let st = std::process::Command::new("true")
+                    .status()
+                    .context("spawn true")?;
+                let took = ms_since(t);
+                if counted {
+                    host.push(st.success().then_some(took));
+                }
+            }
+        }
+    }
+    Ok((warren, host))
+}
+
+/// `concurrent`: `workers` clients create+exec+delete `total` sandboxes.
+pub async fn concurrent(ctx: &mut Ctx, workers: usize, total: usize) -> Result<ScenarioResult> {
+    if !ctx.quick {
+        // Warm-up batch, not counted.
+        run_concurrent(&ctx.client, workers, workers).await?;
+    }
+    let (lat, wall) = run_concurrent(&ctx.client, workers, total).await?;
+    let per_sec = total as f64 / wall;
+    let mut s = SystemResult::new(
+        "warren create+exec+delete",
+        "ok".into(),
+        lat.into_iter().map(Some).collect(),
+    );
+    s.note = Some(format!(
+        "{per_sec:.1} sandboxes/s ({total} with {workers} clients in {:.2} s)",
+        wall
+    ));
+    Ok(ScenarioResult {
+        scenario: "concurrent".into(),
+        status: "ok".into(),
+        quick: ctx.quick,
+        warmup: if ctx.quick { 0 } else { workers },
+        rounds: total,
+        systems: vec![s],
+        targets: vec![],
+        extra: json!({ "workers": workers, "total": total, "wall_s": wall, "sandboxes_per_sec": per_sec }),
+    })
+}
+
+/// Returns per-sandbox latencies (ms) and wall time (s).
+async fn run_concurrent(client: &Client, workers: usize, total: usize) -> Result<(Vec<f64>, f64)> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let client = client.clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                check_stop()?;
+                let w = warren_round(&client).await?;
+                lat.push(w.create + w.exec + w.delete);
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut first_err = None;
+    for t in tasks {
+        match t.await.context("worker panicked")? {
+            Ok(l) => all.extend(l),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    Ok((all, start.elapsed().as_secs_f64()))
+}
