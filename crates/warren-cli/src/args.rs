@@ -115,6 +115,11 @@ pub struct ServeArgs {
         default_value = "warren"
     )]
     pub cgroup_parent: String,
+    /// Leave the host's cgroup2 mount options alone. By default the daemon
+    /// remounts cgroup2 with `favordynmods` (as systemd 254+ does), which
+    /// makes creating a sandbox ~15 ms faster on this kind of host.
+    #[arg(long, env = "WARREN_KEEP_CGROUP_OPTIONS")]
+    pub keep_cgroup_options: bool,
 }
 
 /// What a new sandbox looks like (`create` and `run`).

@@ -21,7 +21,7 @@ pub async fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCo
     let store = Store::open(data_dir)
         .await
         .with_context(|| format!("cannot open the Warren store in {}", data_dir.display()))?;
-    let driver = build_driver(data_dir, &args.cgroup_parent)?;
+    let driver = build_driver(data_dir, args)?;
     tracing::info!(
         data_dir = %data_dir.display(),
         socket = %socket_path.display(),
@@ -40,9 +40,10 @@ pub async fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCo
 }
 
 /// The isolation driver the daemon uses: the namespace driver, the default.
-fn build_driver(data_dir: &Path, cgroup_parent: &str) -> anyhow::Result<Arc<dyn Driver>> {
+fn build_driver(data_dir: &Path, args: &ServeArgs) -> anyhow::Result<Arc<dyn Driver>> {
     let mut config = NamespaceConfig::new(data_dir);
-    config.cgroup_parent = cgroup_parent.to_string();
+    config.cgroup_parent = args.cgroup_parent.clone();
+    config.favor_cgroup_dynmods = !args.keep_cgroup_options;
     let driver = NamespaceDriver::new(config).with_context(|| {
         format!(
             "cannot prepare the namespace driver in {}",

@@ -215,6 +215,74 @@ impl CgroupLayout {
     }
 }
 
+/// Remounts every cgroup2 mount with `favordynmods` unless it already has it,
+/// keeping its other options. Moving a process into a cgroup takes a global
+/// rwsem whose write side waits for an RCU grace period (about 15 ms here);
+/// with this option the wait is gone (about 0.5 ms), at a small cost to every
+/// fork and exit. systemd 254+ sets it by default. Returns the mount points
+/// changed. The rwsem is shared by v1 and v2, so one cgroup2 mount is enough
+/// on a hybrid host.
+pub fn favor_dynamic_modifications() -> io::Result<Vec<PathBuf>> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mut changed = Vec::new();
+    for (mount_point, super_options) in cgroup2_mounts(&mountinfo) {
+        if super_options.split(',').any(|o| o == "favordynmods") {
+            continue;
+        }
+        let kept: Vec<&str> = super_options
+            .split(',')
+            .filter(|o| {
+                matches!(
+                    *o,
+                    "nsdelegate"
+                        | "memory_recursiveprot"
+                        | "memory_localevents"
+                        | "memory_hugetlb_accounting"
+                        | "pids_localevents"
+                )
+            })
+            .chain(std::iter::once("favordynmods"))
+            .collect();
+        let target = std::ffi::CString::new(mount_point.as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let data = std::ffi::CString::new(kept.join(","))
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: valid C strings that outlive the call; a remount of an
+        // existing cgroup2 superblock with new options.
+        let ret = unsafe {
+            libc::mount(
+                std::ptr::null(),
+                target.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REMOUNT,
+                data.as_ptr().cast(),
+            )
+        };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        changed.push(PathBuf::from(mount_point));
+    }
+    Ok(changed)
+}
+
+/// (mount point, super options) of each cgroup2 mount in a mountinfo text.
+fn cgroup2_mounts(mountinfo: &str) -> Vec<(String, String)> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mut right = right.split_whitespace();
+            if right.next()? != "cgroup2" {
+                return None;
+            }
+            let super_options = right.nth(1)?.to_string();
+            let mount_point = left.split_whitespace().nth(4)?.to_string();
+            Some((mount_point, super_options))
+        })
+        .collect()
+}
+
 fn enable_v2_controllers(dir: &Path) -> Result<(), CgroupError> {
     let available = std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
     let wanted: Vec<String> = ["memory", "pids", "cpu"]
@@ -251,6 +319,19 @@ fn remove_dir_patiently(dir: &Path) -> Result<(), CgroupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_cgroup2_mounts_and_their_super_options() {
+        let text = "35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n\
+                    41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(
+            cgroup2_mounts(text),
+            vec![(
+                "/sys/fs/cgroup/unified".to_string(),
+                "rw,nsdelegate".to_string()
+            )]
+        );
+    }
 
     #[test]
     fn quota_is_per_100ms_period_with_a_floor() {

@@ -34,6 +34,9 @@ pub struct NamespaceConfig {
     pub id_map_base: u32,
     /// Size of the mapped id range.
     pub id_map_count: u32,
+    /// Remount cgroup2 with `favordynmods` at start, which makes joining a
+    /// cgroup ~30× cheaper (see `cgroup::favor_dynamic_modifications`).
+    pub favor_cgroup_dynmods: bool,
 }
 
 impl NamespaceConfig {
@@ -44,6 +47,7 @@ impl NamespaceConfig {
             cgroup_parent: "warren".into(),
             id_map_base: 1_000_000,
             id_map_count: 65536,
+            favor_cgroup_dynmods: true,
         }
     }
 }
@@ -94,6 +98,18 @@ impl NamespaceDriver {
         .map_err(io_err("prepare the host image"))?;
         // SAFETY: prctl with integer arguments only.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        if cfg.favor_cgroup_dynmods {
+            match warren_linux::cgroup::favor_dynamic_modifications() {
+                Ok(changed) if !changed.is_empty() => {
+                    tracing::info!(mounts = ?changed, "remounted cgroup2 with favordynmods (fast cgroup joins)");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "could not enable favordynmods; sandbox creation will be slower"
+                ),
+            }
+        }
         Ok(Self {
             cgroups: CgroupLayout::detect(),
             cfg,
