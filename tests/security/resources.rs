@@ -113,7 +113,6 @@ fn memory_bomb_is_reported_as_oom_killed() {
 /// Writing 256 MiB into a sandbox created with `--disk 64` fails with
 /// ENOSPC/EDQUOT; the host's free space is essentially unchanged.
 #[test]
-#[ignore = "needs diskMb (issue 3)"]
 fn disk_fill_is_bounded_by_the_disk_limit() {
     require_root!();
     let d = Daemon::start();
@@ -131,7 +130,9 @@ fn disk_fill_is_bounded_by_the_disk_limit() {
         "{r:?}"
     );
     assert!(!r.stdout.contains("rc=0"), "{r:?}");
-    let upper = d.data_dir().join("sandboxes").join(&id).join("upper");
+    // With a disk bound, the writable layer lives on the sandbox's own disk.
+    let upper = d.data_dir().join("sandboxes").join(&id).join("disk/upper");
+    assert!(upper.is_dir(), "no upper layer at {}", upper.display());
     let used: u64 = support::walk(&upper)
         .iter()
         .filter_map(|p| std::fs::symlink_metadata(p).ok())
@@ -146,6 +147,28 @@ fn disk_fill_is_bounded_by_the_disk_limit() {
         free_before.saturating_sub(free_after)
     );
     assert_host_and_daemon_healthy(&d);
+
+    // Removing the sandbox unmounts its disk and frees the loop device.
+    let image = d.data_dir().join("sandboxes").join(&id).join("disk.img");
+    let out = d.warren(&["rm", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !harness::mountinfo().contains(&id),
+        "disk of {id} still mounted"
+    );
+    let loops = std::process::Command::new("losetup")
+        .arg("-a")
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&loops.stdout).contains(&image.display().to_string()),
+        "loop device still attached to {}",
+        image.display()
+    );
 }
 
 fn free_bytes(path: &std::path::Path) -> u64 {

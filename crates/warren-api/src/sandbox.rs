@@ -57,6 +57,11 @@ pub struct Resources {
     /// Maximum number of processes and threads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids_limit: Option<i64>,
+    /// Disk space for the sandbox's own files, in MiB. Writes beyond it fail
+    /// with ENOSPC inside the sandbox. Unset: no per-sandbox bound (files
+    /// share the data directory's filesystem).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mb: Option<i64>,
 }
 
 /// The limits a sandbox actually runs with.
@@ -69,6 +74,9 @@ pub struct ResolvedResources {
     pub memory_mb: u64,
     /// Maximum number of processes and threads.
     pub pids_limit: u64,
+    /// Disk space for the sandbox's own files in MiB, when bounded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mb: Option<u64>,
 }
 
 impl Default for ResolvedResources {
@@ -77,6 +85,7 @@ impl Default for ResolvedResources {
             cpus: DEFAULT_CPUS,
             memory_mb: DEFAULT_MEMORY_MB,
             pids_limit: DEFAULT_PIDS_LIMIT,
+            disk_mb: None,
         }
     }
 }

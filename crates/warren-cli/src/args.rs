@@ -140,6 +140,9 @@ pub struct CreateOptions {
     /// Maximum number of processes and threads.
     #[arg(long, value_name = "N")]
     pub pids: Option<u64>,
+    /// Disk space for the sandbox's files in MiB (writes beyond it fail with ENOSPC).
+    #[arg(long, value_name = "MIB")]
+    pub disk: Option<u64>,
     /// Environment variable for every command (repeatable).
     #[arg(long = "env", short = 'e', value_name = "K=V", value_parser = parse_key_value)]
     pub env: Vec<(String, String)>,
@@ -163,6 +166,7 @@ impl CreateOptions {
             cpus: self.cpus,
             memory_mb: self.memory.map(|m| to_i64(m, "--memory")).transpose()?,
             pids_limit: self.pids.map(|p| to_i64(p, "--pids")).transpose()?,
+            disk_mb: self.disk.map(|d| to_i64(d, "--disk")).transpose()?,
         };
         let has_resources = resources != Resources::default();
         Ok(CreateSandboxRequest {
@@ -411,6 +415,7 @@ mod tests {
                 cpus: Some(0.5),
                 memory_mb: Some(512),
                 pids_limit: Some(100),
+                disk_mb: None,
             })
         );
         let env = req.env.unwrap();

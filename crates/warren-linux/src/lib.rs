@@ -8,6 +8,7 @@
 
 pub mod caps;
 pub mod cgroup;
+pub mod disk;
 pub mod executor;
 pub mod host_image;
 pub mod launch;

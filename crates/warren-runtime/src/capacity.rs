@@ -7,6 +7,9 @@ pub struct HostCapacity {
     pub cpus: f64,
     /// Total memory in MiB.
     pub memory_mb: u64,
+    /// Free space in MiB on the filesystem of the data directory (where
+    /// sandbox disks are created).
+    pub disk_free_mb: u64,
 }
 
 impl HostCapacity {
@@ -17,8 +20,30 @@ impl HostCapacity {
         Self {
             cpus,
             memory_mb: parse_mem_total_mb(&meminfo).unwrap_or(u64::MAX / (1024 * 1024)),
+            disk_free_mb: u64::MAX / (1024 * 1024),
         }
     }
+
+    /// [`HostCapacity::detect`] with the free space of `data_dir`'s filesystem.
+    pub fn detect_for(data_dir: &std::path::Path) -> Self {
+        let mut capacity = Self::detect();
+        if let Some(free) = free_mb(data_dir) {
+            capacity.disk_free_mb = free;
+        }
+        capacity
+    }
+}
+
+fn free_mb(path: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs is plain old data; zeroed is a valid initial value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and a pointer to a live statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail.saturating_mul(st.f_frsize) / (1024 * 1024))
 }
 
 fn parse_mem_total_mb(meminfo: &str) -> Option<u64> {

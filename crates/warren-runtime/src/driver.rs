@@ -20,6 +20,8 @@ pub struct SandboxSpec {
     pub memory_bytes: u64,
     /// Process/thread limit.
     pub pids_limit: u64,
+    /// Size of the sandbox's own disk in MiB (`None`: no separate disk).
+    pub disk_mb: Option<u64>,
     /// Environment for every command.
     pub env: Vec<(String, String)>,
     /// Default working directory inside the sandbox.
@@ -117,6 +119,11 @@ pub trait Driver: Send + Sync {
 
     /// True when `image` can be used with [`Driver::create`].
     fn has_image(&self, image: &str) -> bool;
+
+    /// What this host can give one sandbox (checked against requested limits).
+    fn capacity(&self) -> crate::HostCapacity {
+        crate::HostCapacity::detect()
+    }
 
     /// Creates and starts a sandbox; returns once its agent is ready.
     async fn create(&self, spec: &SandboxSpec) -> Result<RuntimeInfo, DriverError>;

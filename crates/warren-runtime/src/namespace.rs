@@ -147,7 +147,28 @@ impl NamespaceDriver {
 
     async fn launch(&self, spec: &SandboxSpec) -> Result<i32, DriverError> {
         let dir = self.sandbox_dir(&spec.id);
-        let (upper, work, rootfs) = (dir.join("upper"), dir.join("work"), dir.join("rootfs"));
+        std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+        // With a disk bound, the writable layers live on the sandbox's own
+        // filesystem of that size; without, on the data directory's.
+        let layers = match spec.disk_mb {
+            Some(mb) => {
+                let image = dir.join("disk.img");
+                let mount = dir.join("disk");
+                std::fs::create_dir_all(&mount)
+                    .map_err(io_err(format!("create {}", mount.display())))?;
+                warren_linux::disk::create_image(&image, mb)
+                    .map_err(|e| create_err("create disk image", e))?;
+                warren_linux::disk::mount_image(&image, &mount)
+                    .map_err(|e| create_err("mount disk image", e))?;
+                mount
+            }
+            None => dir.clone(),
+        };
+        let (upper, work, rootfs) = (
+            layers.join("upper"),
+            layers.join("work"),
+            dir.join("rootfs"),
+        );
         for d in [&upper, &work, &rootfs] {
             std::fs::create_dir_all(d).map_err(io_err(format!("create {}", d.display())))?;
         }
@@ -265,19 +286,33 @@ impl NamespaceDriver {
     }
 
     fn cleanup(&self, id: &str) -> Result<(), DriverError> {
-        self.cgroups
-            .remove(&self.cfg.cgroup_parent, id)
-            .map_err(|e| DriverError::Io {
-                context: format!("remove cgroups of {id}"),
-                source: std::io::Error::other(e.to_string()),
-            })?;
-        let dir = self.sandbox_dir(id);
-        match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(io_err(format!("remove {}", dir.display()))(e))
-            }
-            _ => Ok(()),
+        remove_sandbox_files(
+            &self.cgroups,
+            &self.cfg.cgroup_parent,
+            &self.sandbox_dir(id),
+            id,
+        )
+    }
+}
+
+/// Removes what a sandbox leaves on the host once its processes are gone:
+/// its cgroups, its disk mount (if it has one) and its directory.
+fn remove_sandbox_files(
+    cgroups: &CgroupLayout,
+    parent: &str,
+    dir: &Path,
+    id: &str,
+) -> Result<(), DriverError> {
+    cgroups.remove(parent, id).map_err(|e| DriverError::Io {
+        context: format!("remove cgroups of {id}"),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    warren_linux::disk::unmount(&dir.join("disk")).map_err(io_err("unmount sandbox disk"))?;
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(io_err(format!("remove {}", dir.display()))(e))
         }
+        _ => Ok(()),
     }
 }
 
@@ -329,6 +364,10 @@ impl Driver for NamespaceDriver {
 
     fn has_image(&self, image: &str) -> bool {
         image == "host"
+    }
+
+    fn capacity(&self) -> crate::HostCapacity {
+        crate::HostCapacity::detect_for(&self.cfg.data_dir)
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<RuntimeInfo, DriverError> {
@@ -437,23 +476,12 @@ impl Driver for NamespaceDriver {
                 source: std::io::Error::other(e),
             })?;
         }
-        let this_dir = self.sandbox_dir(id);
+        let dir = self.sandbox_dir(id);
         let cgroups = self.cgroups.clone();
         let parent = self.cfg.cgroup_parent.clone();
         let id_owned = id.to_string();
         tokio::task::spawn_blocking(move || {
-            cgroups
-                .remove(&parent, &id_owned)
-                .map_err(|e| DriverError::Io {
-                    context: format!("remove cgroups of {id_owned}"),
-                    source: std::io::Error::other(e.to_string()),
-                })?;
-            match std::fs::remove_dir_all(&this_dir) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(io_err(format!("remove {}", this_dir.display()))(e))
-                }
-                _ => Ok(()),
-            }
+            remove_sandbox_files(&cgroups, &parent, &dir, &id_owned)
         })
         .await
         .map_err(|e| DriverError::Io {

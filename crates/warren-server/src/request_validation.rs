@@ -16,6 +16,8 @@ use crate::error::ApiError;
 pub const MIN_MEMORY_MB: i64 = 16;
 /// Smallest CPU quota, in cores (the kernel's 1 ms per 100 ms floor).
 pub const MIN_CPUS: f64 = 0.01;
+/// Smallest per-sandbox disk, in MiB (ext4 metadata needs a few).
+pub const MIN_DISK_MB: i64 = 32;
 /// Smallest pids limit: the agent's own threads need a few.
 pub const MIN_PIDS_LIMIT: i64 = 16;
 /// Largest memory limit accepted (1 TiB), so byte counts never overflow.
@@ -116,10 +118,21 @@ fn resolve_resources(
             )))
         }
     };
+    let disk_mb = match requested.disk_mb {
+        None => None,
+        Some(mb) if mb >= MIN_DISK_MB && mb.unsigned_abs() <= host.disk_free_mb => Some(mb.unsigned_abs()),
+        Some(mb) => {
+            return Err(ApiError::invalid_value(format!(
+                "resources.diskMb must be between {MIN_DISK_MB} and {} (free space for sandbox disks on this host), got {mb}",
+                host.disk_free_mb
+            )))
+        }
+    };
     Ok(ResolvedResources {
         cpus,
         memory_mb,
         pids_limit,
+        disk_mb,
     })
 }
 
@@ -267,6 +280,7 @@ mod tests {
     const HOST: HostCapacity = HostCapacity {
         cpus: 4.0,
         memory_mb: 8192,
+        disk_free_mb: 10_000,
     };
 
     fn create_with(resources: Resources) -> Result<ValidatedCreate, ApiError> {
@@ -310,6 +324,20 @@ mod tests {
                 },
                 "between 16 and",
             ),
+            (
+                Resources {
+                    disk_mb: Some(8),
+                    ..Default::default()
+                },
+                "resources.diskMb must be between 32 and 10000",
+            ),
+            (
+                Resources {
+                    disk_mb: Some(20_000),
+                    ..Default::default()
+                },
+                "resources.diskMb",
+            ),
         ] {
             let err = create_with(resources).unwrap_err();
             assert_eq!(err.code, ErrorCode::InvalidValue);
@@ -318,7 +346,8 @@ mod tests {
         assert!(create_with(Resources {
             memory_mb: Some(8192),
             cpus: Some(4.0),
-            pids_limit: Some(16)
+            pids_limit: Some(16),
+            disk_mb: Some(64),
         })
         .is_ok());
     }
@@ -435,6 +464,7 @@ mod tests {
             cpus: Some(0.5),
             memory_mb: Some(16),
             pids_limit: Some(MIN_PIDS_LIMIT),
+            disk_mb: None,
         })
         .unwrap();
         assert_eq!(ok.resources.memory_mb, 16);

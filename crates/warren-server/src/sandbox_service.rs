@@ -8,7 +8,7 @@ use chrono::{SubsecRound, Utc};
 use rand::Rng;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use warren_api::{CreateSandboxRequest, ExecRequest, ExecResult, Sandbox, SandboxState};
-use warren_runtime::{Driver, DriverError, HostCapacity, RuntimeInfo, SandboxSpec};
+use warren_runtime::{Driver, DriverError, RuntimeInfo, SandboxSpec};
 use warren_store::{SandboxRecord, Store};
 
 use crate::error::ApiError;
@@ -88,8 +88,6 @@ pub struct RecoveryReport {
 pub struct SandboxService {
     store: Store,
     driver: Arc<dyn Driver>,
-    /// What the host can give, for validating requested limits.
-    host: HostCapacity,
     /// One lock per sandbox, held across each state transition so that, for
     /// example, a delete waits for a create in progress. Exec does not hold it
     /// while the command runs.
@@ -113,7 +111,6 @@ impl SandboxService {
         Self {
             store,
             driver,
-            host: HostCapacity::detect(),
             locks: StdMutex::new(HashMap::new()),
         }
     }
@@ -163,7 +160,7 @@ impl SandboxService {
     /// Validates the request, creates the sandbox and waits until it runs.
     /// A driver failure leaves the sandbox listed as `failed`.
     pub async fn create(&self, req: CreateSandboxRequest) -> Result<Sandbox, ApiError> {
-        let valid = validate_create(req, &self.host)?;
+        let valid = validate_create(req, &self.driver.capacity())?;
         if !self.driver.has_image(&valid.image) {
             return Err(ApiError::invalid_value(format!(
                 "image {:?} is not available to the {} driver",
@@ -201,6 +198,7 @@ impl SandboxService {
             // Validation caps memoryMb at 1 TiB, so this cannot overflow.
             memory_bytes: record.resources.memory_mb.saturating_mul(1024 * 1024),
             pids_limit: record.resources.pids_limit,
+            disk_mb: record.resources.disk_mb,
             env: record.env.clone().into_iter().collect(),
             workdir: record.workdir.clone(),
             user: record.user.clone(),

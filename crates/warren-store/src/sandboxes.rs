@@ -62,7 +62,7 @@ impl SandboxRecord {
 }
 
 const SANDBOX_COLUMNS: &str = "id, name, state, image, driver, cpus, memory_mb, pids_limit, env, \
-     workdir, metadata, created_at, updated_at, failure_reason, runtime, default_user";
+     workdir, metadata, created_at, updated_at, failure_reason, runtime, default_user, disk_mb";
 
 fn to_i64(field: &'static str, value: u64) -> Result<i64, StoreError> {
     i64::try_from(value).map_err(|_| StoreError::OutOfRange { field, value })
@@ -109,6 +109,11 @@ fn decode_sandbox(row: &SqliteRow) -> Result<SandboxRecord, StoreError> {
             cpus: row.try_get("cpus").map_err(query_error("decode sandbox"))?,
             memory_mb: u64::try_from(memory_mb).map_err(|e| corrupt(&id, "memory_mb", e))?,
             pids_limit: u64::try_from(pids_limit).map_err(|e| corrupt(&id, "pids_limit", e))?,
+            disk_mb: row
+                .try_get::<Option<i64>, _>("disk_mb")
+                .map_err(query_error("decode sandbox"))?
+                .map(|d| u64::try_from(d).map_err(|e| corrupt(&id, "disk_mb", e)))
+                .transpose()?,
         },
         env: decode_map(&id, "env", &get("env")?)?,
         workdir: get("workdir")?,
@@ -130,7 +135,7 @@ impl Store {
             serde_json::to_string(&rec.metadata).map_err(|e| corrupt(&rec.id, "metadata", e))?;
         let sql = format!(
             "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
         );
         sqlx::query(&sql)
             .bind(&rec.id)
@@ -149,6 +154,12 @@ impl Store {
             .bind(&rec.failure_reason)
             .bind(&rec.runtime)
             .bind(&rec.user)
+            .bind(
+                rec.resources
+                    .disk_mb
+                    .map(|d| to_i64("disk_mb", d))
+                    .transpose()?,
+            )
             .execute(&self.pool)
             .await
             .map_err(|source| {

@@ -16,6 +16,7 @@ fn record(id: &str, offset_ms: i64) -> SandboxRecord {
             cpus: 0.5,
             memory_mb: 256,
             pids_limit: 64,
+            disk_mb: Some(1024),
         },
         env: BTreeMap::from([("A".to_owned(), "1".to_owned())]),
         workdir: "/workspace".to_owned(),
