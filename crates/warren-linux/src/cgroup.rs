@@ -283,6 +283,58 @@ fn cgroup2_mounts(mountinfo: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Kills and removes cgroup parents named `{prefix}-<pid>-…` whose pid is
+/// no longer alive: what a test run (or a daemon with a private parent) left
+/// when it was killed before its cleanup could run. Returns how many parents
+/// were removed.
+pub fn remove_orphaned_parents(prefix: &str) -> usize {
+    let root = Path::new("/sys/fs/cgroup");
+    let roots = V1_CONTROLLERS
+        .iter()
+        .map(|c| root.join(c))
+        .chain(std::iter::once(root.to_path_buf()));
+    let mut removed = 0;
+    for hierarchy in roots {
+        for parent in std::fs::read_dir(&hierarchy)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = parent.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(&format!("{prefix}-")) else {
+                continue;
+            };
+            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+                continue;
+            };
+            if Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+            let children: Vec<PathBuf> = std::fs::read_dir(parent.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect();
+            for child in &children {
+                let procs = std::fs::read_to_string(child.join("cgroup.procs")).unwrap_or_default();
+                for p in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                    // SAFETY: kill(2) on processes in an orphaned cgroup of ours.
+                    unsafe { libc::kill(p, libc::SIGKILL) };
+                }
+            }
+            for child in &children {
+                let _ = remove_dir_patiently(child);
+            }
+            if std::fs::remove_dir(parent.path()).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
 fn enable_v2_controllers(dir: &Path) -> Result<(), CgroupError> {
     let available = std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
     let wanted: Vec<String> = ["memory", "pids", "cpu"]

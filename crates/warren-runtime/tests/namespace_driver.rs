@@ -36,54 +36,9 @@ struct Harness {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// Kills and removes what earlier test processes left behind when they were
-/// killed before their cleanup could run: cgroup parents named
-/// `{prefix}-<pid>-…` whose pid is no longer alive.
-fn sweep_stale_test_cgroups(prefix: &str) {
-    let roots = ["memory", "pids", "cpu", "freezer"]
-        .iter()
-        .map(|c| std::path::Path::new("/sys/fs/cgroup").join(c))
-        .chain(std::iter::once(std::path::PathBuf::from("/sys/fs/cgroup")));
-    for root in roots {
-        for parent in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-            let name = parent.file_name().to_string_lossy().into_owned();
-            let Some(rest) = name.strip_prefix(&format!("{prefix}-")) else {
-                continue;
-            };
-            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
-                continue;
-            };
-            if std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                continue;
-            }
-            for child in std::fs::read_dir(parent.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let procs =
-                    std::fs::read_to_string(child.path().join("cgroup.procs")).unwrap_or_default();
-                for p in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                    // SAFETY: kill(2) on processes in a dead test run's own cgroup.
-                    unsafe { libc::kill(p, libc::SIGKILL) };
-                }
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            for child in std::fs::read_dir(parent.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let _ = std::fs::remove_dir(child.path());
-            }
-            let _ = std::fs::remove_dir(parent.path());
-        }
-    }
-}
-
 impl Harness {
     fn new() -> Self {
-        sweep_stale_test_cgroups("warren-test");
+        warren_linux::cgroup::remove_orphaned_parents("warren-test");
         let data = tempfile::tempdir().unwrap();
         let parent = format!(
             "warren-test-{}-{}",

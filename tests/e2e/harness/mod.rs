@@ -29,51 +29,6 @@ pub fn warren_bin() -> &'static str {
     env!("CARGO_BIN_EXE_warren")
 }
 
-/// Kills and removes what earlier test processes left behind when they were
-/// killed before their cleanup could run: cgroup parents named
-/// `{prefix}-<pid>-…` whose pid is no longer alive.
-pub fn sweep_stale_test_cgroups(prefix: &str) {
-    let roots = ["memory", "pids", "cpu", "freezer"]
-        .iter()
-        .map(|c| std::path::Path::new("/sys/fs/cgroup").join(c))
-        .chain(std::iter::once(std::path::PathBuf::from("/sys/fs/cgroup")));
-    for root in roots {
-        for parent in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-            let name = parent.file_name().to_string_lossy().into_owned();
-            let Some(rest) = name.strip_prefix(&format!("{prefix}-")) else {
-                continue;
-            };
-            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
-                continue;
-            };
-            if std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                continue;
-            }
-            for child in std::fs::read_dir(parent.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let procs =
-                    std::fs::read_to_string(child.path().join("cgroup.procs")).unwrap_or_default();
-                for p in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                    // SAFETY: kill(2) on processes in a dead test run's own cgroup.
-                    unsafe { libc::kill(p, libc::SIGKILL) };
-                }
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-            for child in std::fs::read_dir(parent.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let _ = std::fs::remove_dir(child.path());
-            }
-            let _ = std::fs::remove_dir(parent.path());
-        }
-    }
-}
-
 pub struct Daemon {
     pub data: tempfile::TempDir,
     pub socket: PathBuf,
@@ -89,7 +44,7 @@ impl Daemon {
 
     /// Starts a daemon that also listens on TCP at `listen` (`127.0.0.1:PORT`).
     pub fn start_with(listen: Option<String>) -> Self {
-        sweep_stale_test_cgroups("warren-e2e");
+        warren_linux::cgroup::remove_orphaned_parents("warren-e2e");
         let data = tempfile::tempdir().unwrap();
         let socket = data.path().join("warren.sock");
         let cgroup_parent = format!(
