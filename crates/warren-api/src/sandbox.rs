@@ -124,6 +124,23 @@ impl SandboxState {
         }
     }
 
+    /// Whether a sandbox in this state may move to `next` (DESIGN.md:
+    /// `creating → running ⇄ paused`, `running → suspended → running`,
+    /// any live state → `stopped` or `failed`, anything but `deleted` → `deleted`).
+    pub fn can_become(self, next: Self) -> bool {
+        use SandboxState::*;
+        match (self, next) {
+            (Deleted, _) => false,
+            (_, Deleted) => true,
+            (Creating, Running | Failed) => true,
+            (Running, Paused | Suspended | Stopped | Failed) => true,
+            (Paused, Running | Stopped | Failed) => true,
+            (Suspended, Running | Stopped | Failed) => true,
+            (Stopped, Running | Failed) => true,
+            _ => false,
+        }
+    }
+
     /// Parses the lowercase name; `None` for anything else.
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
@@ -192,4 +209,45 @@ pub struct Health {
     pub status: String,
     /// Daemon version.
     pub version: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SandboxState::{self, *};
+
+    const ALL: [SandboxState; 7] = [
+        Creating, Running, Paused, Suspended, Stopped, Failed, Deleted,
+    ];
+
+    #[test]
+    fn lifecycle_transitions_follow_the_design() {
+        for (from, to) in [
+            (Creating, Running),
+            (Creating, Failed),
+            (Running, Paused),
+            (Paused, Running),
+            (Running, Suspended),
+            (Suspended, Running),
+            (Running, Stopped),
+            (Stopped, Running),
+            (Running, Failed),
+            (Failed, Deleted),
+            (Creating, Deleted),
+        ] {
+            assert!(from.can_become(to), "{from:?} -> {to:?} must be allowed");
+        }
+        for (from, to) in [
+            (Creating, Paused),
+            (Failed, Running),
+            (Stopped, Paused),
+            (Running, Creating),
+            (Running, Running),
+        ] {
+            assert!(!from.can_become(to), "{from:?} -> {to:?} must be refused");
+        }
+        for state in ALL {
+            assert!(!Deleted.can_become(state), "deleted is final");
+            assert_eq!(SandboxState::parse(state.as_str()), Some(state));
+        }
+    }
 }

@@ -139,6 +139,14 @@ impl SandboxService {
         state: SandboxState,
         reason: Option<&str>,
     ) -> Result<(), ApiError> {
+        let current = self.record(id).await?.state;
+        if !current.can_become(state) {
+            return Err(ApiError::invalid_state(format!(
+                "sandbox {id} is {} and cannot become {}",
+                current.as_str(),
+                state.as_str()
+            )));
+        }
         self.store.set_state(id, state, reason).await?;
         let data = match reason {
             Some(reason) => serde_json::json!({ "reason": reason }),
