@@ -44,32 +44,24 @@ pub fn run(
             format!("warren: cannot use {cwd} as working directory: no such directory\n"),
         );
     }
-    let user_name = req.user.as_deref().or(default_user).unwrap_or("root");
-    let account = match crate::users::resolve_or_create(user_name) {
-        Ok(account) => account,
-        Err(e) => return failed(req.stream, 126, format!("warren: user {user_name}: {e}\n")),
+    let mut cmd = match build_command(
+        program,
+        &req.argv[1..],
+        base_env,
+        &req.env,
+        &cwd,
+        req.user.as_deref().or(default_user),
+    ) {
+        Ok(cmd) => cmd,
+        Err(message) => return failed(req.stream, 126, message),
     };
-    let mut cmd = Command::new(program);
-    cmd.args(&req.argv[1..])
-        .env_clear()
-        .envs(base_env.iter().map(|(k, v)| (k, v)))
-        .envs([
-            ("HOME", account.home.as_str()),
-            ("USER", account.name.as_str()),
-            ("LOGNAME", account.name.as_str()),
-        ])
-        .envs(req.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&cwd)
-        .process_group(0)
-        .uid(account.uid)
-        .gid(account.gid)
-        .stdin(if req.stdin.is_empty() {
-            Stdio::null()
-        } else {
-            Stdio::piped()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(if req.stdin.is_empty() {
+        Stdio::null()
+    } else {
+        Stdio::piped()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let (mut child, exited) = match reaper.spawn(&mut cmd) {
         Ok(spawned) => spawned,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -159,7 +151,38 @@ pub fn run(
     }
 }
 
-fn pollfd(fd: i32) -> libc::pollfd {
+/// A command in its own process group, as `user` (default root), with the
+/// sandbox's environment, the user's HOME/USER/LOGNAME, then `extra_env`.
+/// Errors are a message for the user.
+pub(crate) fn build_command(
+    program: &str,
+    args: &[String],
+    base_env: &[(String, String)],
+    extra_env: &[(String, String)],
+    cwd: &str,
+    user: Option<&str>,
+) -> Result<Command, String> {
+    let user_name = user.unwrap_or("root");
+    let account = crate::users::resolve_or_create(user_name)
+        .map_err(|e| format!("warren: user {user_name}: {e}\n"))?;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .envs(base_env.iter().map(|(k, v)| (k, v)))
+        .envs([
+            ("HOME", account.home.as_str()),
+            ("USER", account.name.as_str()),
+            ("LOGNAME", account.name.as_str()),
+        ])
+        .envs(extra_env.iter().map(|(k, v)| (k, v)))
+        .current_dir(cwd)
+        .process_group(0)
+        .uid(account.uid)
+        .gid(account.gid);
+    Ok(cmd)
+}
+
+pub(crate) fn pollfd(fd: i32) -> libc::pollfd {
     libc::pollfd {
         fd,
         events: libc::POLLIN,
@@ -167,7 +190,7 @@ fn pollfd(fd: i32) -> libc::pollfd {
     }
 }
 
-fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+pub(crate) fn pidfd_open(pid: i32) -> Option<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags; a non-negative result is a new fd we own.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     // SAFETY: see above; fd is fresh and owned by nobody else.

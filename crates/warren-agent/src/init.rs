@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use warren_linux::launch::AgentInitConfig;
 use warren_proto::{read_frame, write_frame, Frame, PROTOCOL_VERSION};
 
+use crate::processes::{ProcessTable, Sink, SpawnContext};
 use crate::reaper::Reaper;
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -17,7 +18,10 @@ struct Agent {
     workdir: String,
     user: Option<String>,
     reaper: Reaper,
+    processes: Arc<ProcessTable>,
 }
+
+static NEXT_CONN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 pub fn run(config_json: &str) -> i32 {
     let cfg: AgentInitConfig = match serde_json::from_str(config_json) {
@@ -56,6 +60,7 @@ pub fn run(config_json: &str) -> i32 {
         workdir: cfg.workdir,
         user: cfg.user,
         reaper: Reaper::start(),
+        processes: Arc::default(),
     });
     // SAFETY: the bootstrap passed us this listening socket and nothing else owns it.
     let listener = unsafe { UnixListener::from_raw_fd(cfg.listen_fd) };
@@ -93,6 +98,7 @@ fn serve_connection(agent: &Arc<Agent>, stream: UnixStream) {
                 &Frame::Error {
                     stream: None,
                     message: format!("unsupported protocol version {version}"),
+                    code: None,
                 },
             );
             return;
@@ -103,6 +109,7 @@ fn serve_connection(agent: &Arc<Agent>, stream: UnixStream) {
                 &Frame::Error {
                     stream: None,
                     message: "expected hello".into(),
+                    code: None,
                 },
             );
             return;
@@ -115,8 +122,25 @@ fn serve_connection(agent: &Arc<Agent>, stream: UnixStream) {
             software: Some(format!("warren-agent {}", env!("CARGO_PKG_VERSION"))),
         },
     );
+    let conn = NEXT_CONN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let sink: Sink = {
+        let writer = Arc::clone(&writer);
+        Arc::new(move |frame: &Frame| send(&writer, frame))
+    };
+    serve_frames(agent, conn, &writer, &sink, &mut reader);
+    agent.processes.drop_connection(conn);
+}
+
+fn serve_frames(
+    agent: &Arc<Agent>,
+    conn: u64,
+    writer: &Arc<Mutex<UnixStream>>,
+    sink: &Sink,
+    reader: &mut std::io::BufReader<UnixStream>,
+) {
+    let writer = Arc::clone(writer);
     loop {
-        let frame = match read_frame(&mut reader) {
+        let frame = match read_frame(reader) {
             Ok(Some(frame)) => frame,
             Ok(None) => return,
             Err(e) => {
@@ -125,6 +149,7 @@ fn serve_connection(agent: &Arc<Agent>, stream: UnixStream) {
                     &Frame::Error {
                         stream: None,
                         message: e.to_string(),
+                        code: None,
                     },
                 );
                 return;
@@ -146,11 +171,42 @@ fn serve_connection(agent: &Arc<Agent>, stream: UnixStream) {
                 });
             }
             Frame::Ping { stream } => send(&writer, &Frame::Pong { stream }),
+            Frame::Spawn(req) => {
+                let ctx = SpawnContext {
+                    env: &agent.env,
+                    workdir: &agent.workdir,
+                    user: agent.user.as_deref(),
+                    reaper: &agent.reaper,
+                };
+                agent.processes.spawn(req, &ctx, sink);
+            }
+            Frame::ProcessOutputRequest {
+                stream,
+                pid,
+                from,
+                no_follow,
+            } => agent
+                .processes
+                .subscribe(conn, stream, pid, from, no_follow, sink),
+            Frame::Cancel { stream } => agent.processes.cancel(conn, stream),
+            Frame::Stdin {
+                stream,
+                pid,
+                data,
+                close,
+            } => agent.processes.stdin(stream, pid, data, close, sink),
+            Frame::Signal {
+                stream,
+                pid,
+                signal,
+            } => agent.processes.signal(stream, pid, signal, sink),
+            Frame::ListProcesses { stream } => agent.processes.list(stream, sink),
             other => send(
                 &writer,
                 &Frame::Error {
                     stream: None,
                     message: format!("unexpected frame {other:?}"),
+                    code: None,
                 },
             ),
         }

@@ -11,6 +11,7 @@
 mod bootstrap;
 mod exec;
 mod init;
+mod processes;
 mod reaper;
 mod users;
 

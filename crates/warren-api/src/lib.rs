@@ -5,10 +5,15 @@
 
 mod error;
 mod exec;
+mod process;
 mod sandbox;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use exec::{ExecRequest, ExecResult};
+pub use process::{
+    DroppedEventData, ExitEventData, OutputEventData, Process, ProcessList, SignalRequest,
+    StartProcessRequest, StdinRequest, SIGNAL_NAMES,
+};
 pub use sandbox::{
     CreateSandboxRequest, Health, ResolvedResources, Resources, Sandbox, SandboxList, SandboxState,
     DEFAULT_CPUS, DEFAULT_IMAGE, DEFAULT_MEMORY_MB, DEFAULT_PIDS_LIMIT, DEFAULT_WORKDIR,

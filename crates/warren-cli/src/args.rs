@@ -85,8 +85,35 @@ pub enum Command {
         /// Sandbox id.
         id: String,
     },
-    /// Run a command in a sandbox; exits with the command's exit code.
+    /// Run a command in a sandbox; exits with the command's exit code
+    /// (with -d: start it in the background and print its pid).
     Exec(ExecArgs),
+    /// List a sandbox's processes (running and recently finished).
+    Ps {
+        /// Sandbox id.
+        id: String,
+    },
+    /// Print a process's output (stdout to stdout, stderr to stderr).
+    Logs {
+        /// Sandbox id.
+        id: String,
+        /// Process id (from `exec -d` or `ps`).
+        pid: i32,
+        /// Keep printing until the process exits, then exit with its code.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+    /// Send a signal to a process (and its process group).
+    Kill {
+        /// Sandbox id.
+        id: String,
+        /// Process id.
+        pid: i32,
+        /// Signal name: SIGTERM (default), SIGINT, SIGKILL, SIGHUP, SIGQUIT,
+        /// SIGUSR1, SIGUSR2, SIGCONT, SIGSTOP.
+        #[arg(long, short = 's', default_value = "SIGTERM", value_name = "NAME")]
+        signal: String,
+    },
     /// Delete sandboxes.
     #[command(alias = "delete")]
     Rm {
@@ -217,6 +244,12 @@ pub struct ExecOptions {
 pub struct ExecArgs {
     #[command(flatten)]
     pub options: ExecOptions,
+    /// Start the command in the background and print its pid.
+    #[arg(long, short = 'd')]
+    pub detach: bool,
+    /// With -d: a label shown by `warren ps`.
+    #[arg(long, value_name = "TAG", requires = "detach")]
+    pub tag: Option<String>,
     /// Sandbox id.
     pub id: String,
     /// The command and its arguments (after `--`).
@@ -494,6 +527,31 @@ mod tests {
         };
         assert_eq!(args.command, ["echo", "hi"]);
         assert_eq!(args.create.labels, [("a".to_owned(), "b".to_owned())]);
+    }
+
+    #[test]
+    fn process_commands_parse() {
+        let cli = parse(&["exec", "-d", "--tag", "srv", "abc", "--", "sleep", "9"]);
+        let Command::Exec(args) = cli.command else {
+            panic!("expected exec");
+        };
+        assert!(args.detach);
+        assert_eq!(args.tag.as_deref(), Some("srv"));
+        assert_eq!(args.command, ["sleep", "9"]);
+        let cli = parse(&["logs", "abc", "7", "-f"]);
+        assert!(matches!(
+            cli.command,
+            Command::Logs {
+                pid: 7,
+                follow: true,
+                ..
+            }
+        ));
+        let cli = parse(&["kill", "abc", "7", "--signal", "SIGKILL"]);
+        assert!(matches!(cli.command, Command::Kill { ref signal, .. } if signal == "SIGKILL"));
+        let cli = parse(&["kill", "abc", "7"]);
+        assert!(matches!(cli.command, Command::Kill { ref signal, .. } if signal == "SIGTERM"));
+        assert!(Cli::try_parse_from(["warren", "exec", "--tag", "x", "a", "true"]).is_err());
     }
 
     #[test]

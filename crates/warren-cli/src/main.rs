@@ -5,6 +5,7 @@ mod daemon_autostart;
 mod exec_commands;
 mod keys;
 mod output;
+mod process_commands;
 mod sandbox_commands;
 mod serve;
 mod spinner;
@@ -72,7 +73,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Exec(args) => {
             let client = connect(&global).await?;
-            exec_commands::exec(&client, &args, json).await
+            if args.detach {
+                process_commands::start(&client, &args, json).await
+            } else {
+                exec_commands::exec(&client, &args, json).await
+            }
+        }
+        Command::Ps { id } => {
+            let client = connect(&global).await?;
+            process_commands::list(&client, &id, json).await
+        }
+        Command::Logs { id, pid, follow } => {
+            let client = connect(&global).await?;
+            process_commands::logs(&client, &id, pid, follow).await
+        }
+        Command::Kill { id, pid, signal } => {
+            let client = connect(&global).await?;
+            process_commands::kill(&client, &id, pid, &signal).await
         }
         Command::Run(args) => {
             let client = connect(&global).await?;

@@ -26,6 +26,7 @@
 //! opens its own connection, so a [`Client`] is cheap to clone and share.
 
 mod error;
+mod process;
 mod routes;
 mod target;
 mod transport;
@@ -38,10 +39,12 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use error::ClientError;
+pub use process::{OutputEvent, OutputStream};
 pub use target::{Target, DEFAULT_SOCKET_PATH};
 pub use warren_api::{
-    CreateSandboxRequest, ErrorBody, ErrorDetail, ExecRequest, ExecResult, Health,
-    ResolvedResources, Resources, Sandbox, SandboxList, SandboxState,
+    CreateSandboxRequest, ErrorBody, ErrorDetail, ExecRequest, ExecResult, Health, Process,
+    ProcessList, ResolvedResources, Resources, Sandbox, SandboxList, SandboxState, SignalRequest,
+    StartProcessRequest, StdinRequest, SIGNAL_NAMES,
 };
 
 /// Environment variable naming the daemon: `http://host:port` or `unix:/path`.
@@ -166,6 +169,94 @@ impl Client {
     /// returns its exit code and output. A non-zero exit code is not an error.
     pub async fn exec(&self, id: &str, req: &ExecRequest) -> Result<ExecResult, ClientError> {
         self.call(Method::POST, &routes::exec(id), Some(req)).await
+    }
+
+    /// `POST /v1/sandboxes/{id}/processes`: starts a background process.
+    pub async fn start_process(
+        &self,
+        id: &str,
+        req: &StartProcessRequest,
+    ) -> Result<Process, ClientError> {
+        self.call(Method::POST, &routes::processes(id), Some(req))
+            .await
+    }
+
+    /// `GET /v1/sandboxes/{id}/processes`: running and recently finished
+    /// processes, oldest first.
+    pub async fn list_processes(&self, id: &str) -> Result<Vec<Process>, ClientError> {
+        let list: ProcessList = self
+            .call(Method::GET, &routes::processes(id), None::<&()>)
+            .await?;
+        Ok(list.processes)
+    }
+
+    /// `GET /v1/sandboxes/{id}/processes/{pid}`.
+    pub async fn get_process(&self, id: &str, pid: i32) -> Result<Process, ClientError> {
+        self.call(Method::GET, &routes::process(id, pid), None::<&()>)
+            .await
+    }
+
+    /// `GET /v1/sandboxes/{id}/processes/{pid}/output`: the output from byte
+    /// offset `from` (`None`: from the start) as it arrives; with `follow`,
+    /// until the process exits.
+    pub async fn process_output(
+        &self,
+        id: &str,
+        pid: i32,
+        from: Option<u64>,
+        follow: bool,
+    ) -> Result<OutputStream, ClientError> {
+        let mut route = format!("{}/output", routes::process(id, pid));
+        if !follow {
+            route.push_str("?follow=false");
+        }
+        let headers: Vec<(&'static str, String)> = from
+            .map(|f| vec![("last-event-id", f.to_string())])
+            .unwrap_or_default();
+        let (status, body) =
+            transport::stream(&self.target, self.api_key.as_deref(), &route, &headers).await?;
+        if (200..300).contains(&status) {
+            return Ok(OutputStream::new(body, self.target.to_string()));
+        }
+        use http_body_util::BodyExt;
+        let bytes = body
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        Err(error::api_error(status, &bytes))
+    }
+
+    /// `POST /v1/sandboxes/{id}/processes/{pid}/stdin`: writes `data`, then
+    /// closes stdin when `close`.
+    pub async fn write_stdin(
+        &self,
+        id: &str,
+        pid: i32,
+        data: &str,
+        close: bool,
+    ) -> Result<(), ClientError> {
+        let req = StdinRequest {
+            data: (!data.is_empty()).then(|| data.to_owned()),
+            close: close.then_some(true),
+        };
+        let route = format!("{}/stdin", routes::process(id, pid));
+        self.send(Method::POST, &route, Some(&req)).await.map(drop)
+    }
+
+    /// `POST /v1/sandboxes/{id}/processes/{pid}/signal`: sends a signal by
+    /// name (`SIGTERM`, `SIGKILL`, … see [`SIGNAL_NAMES`]) to the process's group.
+    pub async fn signal_process(
+        &self,
+        id: &str,
+        pid: i32,
+        signal: &str,
+    ) -> Result<(), ClientError> {
+        let req = SignalRequest {
+            signal: signal.to_owned(),
+        };
+        let route = format!("{}/signal", routes::process(id, pid));
+        self.send(Method::POST, &route, Some(&req)).await.map(drop)
     }
 
     /// Sends a request and decodes a JSON success body.

@@ -40,6 +40,16 @@ pub(crate) fn exec(id: &str) -> String {
     format!("{SANDBOXES}/{}/exec", encode(id))
 }
 
+/// `/v1/sandboxes/{id}/processes`.
+pub(crate) fn processes(id: &str) -> String {
+    format!("{SANDBOXES}/{}/processes", encode(id))
+}
+
+/// `/v1/sandboxes/{id}/processes/{pid}`.
+pub(crate) fn process(id: &str, pid: i32) -> String {
+    format!("{}/{pid}", processes(id))
+}
+
 /// Percent-encodes everything except RFC 3986 unreserved characters, so the
 /// result is safe both as a path segment and as a query key or value.
 fn encode(text: &str) -> String {

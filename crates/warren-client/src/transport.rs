@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
@@ -33,6 +34,46 @@ pub(crate) async fn send(
     body: Option<Vec<u8>>,
 ) -> Result<Response, ClientError> {
     let request = build_request(target, api_key, method, route, body)?;
+    let response = open(target, request).await?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|source| ClientError::Http {
+            target: target.to_string(),
+            source,
+        })?
+        .to_bytes();
+    Ok(Response { status, body })
+}
+
+/// Sends a GET with extra headers and returns the status and the body as it
+/// arrives (for server-sent events).
+pub(crate) async fn stream(
+    target: &Target,
+    api_key: Option<&str>,
+    route: &str,
+    headers: &[(&'static str, String)],
+) -> Result<(u16, Incoming), ClientError> {
+    let mut request = build_request(target, api_key, Method::GET, route, None)?;
+    for (name, value) in headers {
+        let value = HeaderValue::from_str(value)
+            .map_err(|e| ClientError::Protocol(format!("bad header {name}: {e}")))?;
+        request.headers_mut().insert(*name, value);
+    }
+    request
+        .headers_mut()
+        .insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
+    let response = open(target, request).await?;
+    Ok((response.status().as_u16(), response.into_body()))
+}
+
+/// Connects, sends the request and returns the response with its body unread.
+async fn open(
+    target: &Target,
+    request: Request<Full<Bytes>>,
+) -> Result<hyper::Response<Incoming>, ClientError> {
     match target {
         Target::Unix(path) => {
             let stream = UnixStream::connect(path)
@@ -90,7 +131,7 @@ async fn exchange<IO>(
     target: &Target,
     io: IO,
     request: Request<Full<Bytes>>,
-) -> Result<Response, ClientError>
+) -> Result<hyper::Response<Incoming>, ClientError>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -106,15 +147,7 @@ where
     tokio::spawn(async move {
         let _ = connection.await;
     });
-    let response = sender.send_request(request).await.map_err(http_error)?;
-    let status = response.status().as_u16();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(http_error)?
-        .to_bytes();
-    Ok(Response { status, body })
+    sender.send_request(request).await.map_err(http_error)
 }
 
 fn connect_error(target: &Target, source: io::Error) -> ClientError {

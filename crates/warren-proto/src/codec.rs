@@ -126,6 +126,43 @@ mod tests {
     }
 
     #[test]
+    fn process_frames_round_trip_and_default_missing_fields() {
+        let frames = [
+            Frame::Output(crate::OutputChunk {
+                stream: 3,
+                pid: 9,
+                fd: 1,
+                offset: 42,
+                data: vec![0, 255, b'\n'],
+            }),
+            Frame::Stdin {
+                stream: 4,
+                pid: 9,
+                data: Vec::new(),
+                close: true,
+            },
+            Frame::ProcessOutputRequest {
+                stream: 5,
+                pid: 9,
+                from: 0,
+                no_follow: false,
+            },
+        ];
+        for f in frames {
+            let bytes = encode(&f).unwrap();
+            assert_eq!(read_frame(&mut &bytes[..]).unwrap(), Some(f));
+        }
+        assert_eq!(
+            decode_body(br#"{"type":"signal","pid":3}"#).unwrap(),
+            Frame::Signal {
+                stream: 0,
+                pid: 3,
+                signal: 0
+            }
+        );
+    }
+
+    #[test]
     fn truncated_frame_is_an_error_not_a_clean_end() {
         let mut bytes = encode(&Frame::Ping { stream: 1 }).unwrap();
         bytes.truncate(bytes.len() - 1);

@@ -29,7 +29,8 @@ pub enum Frame {
         #[serde(default)]
         stream: u64,
     },
-    /// A request could not be handled at all (bad frame, unsupported type).
+    /// A request could not be handled at all (bad frame, unsupported type),
+    /// or a process request failed.
     Error {
         /// The stream the error belongs to, when known.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -37,7 +38,217 @@ pub enum Frame {
         /// What went wrong.
         #[serde(default)]
         message: String,
+        /// Machine-readable cause for process requests: `not_found` (no such
+        /// pid), `no_stdin` (started without stdin), `not_running` (already
+        /// exited), `invalid` (bad argument), `spawn` (could not start).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<String>,
     },
+    /// Daemon → agent: start a background process (v3).
+    Spawn(SpawnRequest),
+    /// Agent → daemon: the process of a `spawn` started.
+    Spawned {
+        /// Stream id of the `spawn`.
+        #[serde(default)]
+        stream: u64,
+        /// Its pid inside the sandbox.
+        #[serde(default)]
+        pid: i32,
+    },
+    /// Daemon → agent: stream a process's output from byte offset `from`
+    /// (across stdout and stderr). The agent answers `ack`, then replays what
+    /// it kept (`dropped` first when `from` is older than the oldest kept
+    /// byte), then pushes live `output` until `exited`.
+    ProcessOutputRequest {
+        /// Stream id of this subscription.
+        #[serde(default)]
+        stream: u64,
+        /// The process.
+        #[serde(default)]
+        pid: i32,
+        /// First byte offset wanted.
+        #[serde(default)]
+        from: u64,
+        /// Stop after the replay with `output_end` instead of following.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        no_follow: bool,
+    },
+    /// Agent → daemon: one chunk of a subscribed process's output.
+    Output(OutputChunk),
+    /// Agent → daemon: `count` bytes before the oldest kept byte were lost
+    /// because the process's output buffer overflowed.
+    Dropped {
+        /// Subscription stream id.
+        #[serde(default)]
+        stream: u64,
+        /// The process.
+        #[serde(default)]
+        pid: i32,
+        /// Bytes lost between the requested offset and the oldest kept one.
+        #[serde(default)]
+        count: u64,
+    },
+    /// Agent → daemon: a subscribed process exited; last frame of the subscription.
+    Exited {
+        /// Subscription stream id.
+        #[serde(default)]
+        stream: u64,
+        /// The process.
+        #[serde(default)]
+        pid: i32,
+        /// Exit code, or 128 + signal number.
+        #[serde(default)]
+        exit_code: i32,
+        /// True when the timeout killed the process group.
+        #[serde(default)]
+        timed_out: bool,
+    },
+    /// Agent → daemon: end of a `no_follow` replay of a running process.
+    OutputEnd {
+        /// Subscription stream id.
+        #[serde(default)]
+        stream: u64,
+        /// Offset after the last byte sent.
+        #[serde(default)]
+        offset: u64,
+    },
+    /// Daemon → agent: stop a subscription (the reader went away).
+    Cancel {
+        /// Subscription stream id.
+        #[serde(default)]
+        stream: u64,
+    },
+    /// Daemon → agent: write to (and/or close) a process's stdin; answered `ack`.
+    Stdin {
+        /// Stream id.
+        #[serde(default)]
+        stream: u64,
+        /// The process.
+        #[serde(default)]
+        pid: i32,
+        /// Bytes to write.
+        #[serde(
+            default,
+            with = "crate::bytes_b64",
+            skip_serializing_if = "Vec::is_empty"
+        )]
+        data: Vec<u8>,
+        /// Close stdin after writing.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        close: bool,
+    },
+    /// Daemon → agent: send a signal to a process's group; answered `ack`.
+    Signal {
+        /// Stream id.
+        #[serde(default)]
+        stream: u64,
+        /// The process.
+        #[serde(default)]
+        pid: i32,
+        /// Signal number.
+        #[serde(default)]
+        signal: i32,
+    },
+    /// Agent → daemon: a `stdin`, `signal` or subscription request succeeded.
+    Ack {
+        /// Stream id.
+        #[serde(default)]
+        stream: u64,
+    },
+    /// Daemon → agent: list running and recently finished processes.
+    ListProcesses {
+        /// Stream id.
+        #[serde(default)]
+        stream: u64,
+    },
+    /// Agent → daemon: the answer to `list_processes`.
+    ProcessList {
+        /// Stream id.
+        #[serde(default)]
+        stream: u64,
+        /// Processes, oldest first.
+        #[serde(default)]
+        entries: Vec<ProcessEntry>,
+    },
+}
+
+/// Start `argv` in the background (its own process group).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SpawnRequest {
+    /// Stream id chosen by the daemon; the answer carries it back.
+    pub stream: u64,
+    /// Program and arguments; `argv[0]` is looked up in PATH.
+    pub argv: Vec<String>,
+    /// Working directory; the agent's default when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Extra environment on top of the sandbox's.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<(String, String)>,
+    /// Run as this user (`root` when absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Keep stdin open as a pipe for `stdin` frames (else /dev/null).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stdin: bool,
+    /// Kill the whole process group after this many milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Free-form label shown in the process list.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Output buffer size in bytes (agent default when absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub buffer_bytes: Option<u64>,
+}
+
+/// One chunk of output.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OutputChunk {
+    /// Subscription stream id.
+    pub stream: u64,
+    /// The process.
+    pub pid: i32,
+    /// 1 = stdout, 2 = stderr.
+    pub fd: u8,
+    /// Byte offset of the chunk's first byte, counted across both streams.
+    pub offset: u64,
+    /// The bytes.
+    #[serde(with = "crate::bytes_b64")]
+    pub data: Vec<u8>,
+}
+
+/// One process in a `process_list`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProcessEntry {
+    /// Pid inside the sandbox.
+    pub pid: i32,
+    /// The tag given at spawn.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// Still running.
+    pub running: bool,
+    /// Exit code once exited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// True when the timeout killed it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub timed_out: bool,
+    /// Whether stdin is a pipe the daemon can write to.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stdin: bool,
+    /// Start time, milliseconds since the Unix epoch.
+    pub started_ms: u64,
+    /// End time, milliseconds since the Unix epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_ms: Option<u64>,
+    /// Offset after the last output byte so far.
+    pub output_bytes: u64,
 }
 
 /// Run `argv` to completion and report its output.

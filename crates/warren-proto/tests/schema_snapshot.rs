@@ -1,6 +1,8 @@
 //! Fails when a frame's JSON shape changes without a protocol version bump.
 
-use warren_proto::{ExecDone, ExecRequest, Frame, PROTOCOL_VERSION};
+use warren_proto::{
+    ExecDone, ExecRequest, Frame, OutputChunk, ProcessEntry, SpawnRequest, PROTOCOL_VERSION,
+};
 
 fn samples() -> Vec<Frame> {
     vec![
@@ -30,6 +32,81 @@ fn samples() -> Vec<Frame> {
         Frame::Error {
             stream: Some(3),
             message: "unsupported".into(),
+            code: None,
+        },
+        Frame::Error {
+            stream: Some(4),
+            message: "no process 7".into(),
+            code: Some("not_found".into()),
+        },
+        Frame::Spawn(SpawnRequest {
+            stream: 5,
+            argv: vec!["sleep".into(), "9".into()],
+            cwd: Some("/workspace".into()),
+            env: vec![("K".into(), "V".into())],
+            user: Some("agent".into()),
+            stdin: true,
+            timeout_ms: Some(5000),
+            tag: Some("server".into()),
+            buffer_bytes: Some(65536),
+        }),
+        Frame::Spawned { stream: 5, pid: 7 },
+        Frame::ProcessOutputRequest {
+            stream: 6,
+            pid: 7,
+            from: 10,
+            no_follow: true,
+        },
+        Frame::Ack { stream: 6 },
+        Frame::Dropped {
+            stream: 6,
+            pid: 7,
+            count: 3,
+        },
+        Frame::Output(OutputChunk {
+            stream: 6,
+            pid: 7,
+            fd: 2,
+            offset: 13,
+            data: b"oops\n".to_vec(),
+        }),
+        Frame::OutputEnd {
+            stream: 6,
+            offset: 18,
+        },
+        Frame::Exited {
+            stream: 6,
+            pid: 7,
+            exit_code: 143,
+            timed_out: false,
+        },
+        Frame::Cancel { stream: 6 },
+        Frame::Stdin {
+            stream: 8,
+            pid: 7,
+            data: b"input".to_vec(),
+            close: true,
+        },
+        Frame::Signal {
+            stream: 9,
+            pid: 7,
+            signal: 15,
+        },
+        Frame::ListProcesses { stream: 10 },
+        Frame::ProcessList {
+            stream: 10,
+            entries: vec![ProcessEntry {
+                pid: 7,
+                tag: Some("server".into()),
+                argv: vec!["sleep".into(), "9".into()],
+                running: false,
+                exit_code: Some(143),
+                timed_out: false,
+                stdin: true,
+                started_ms: 1_700_000_000_000,
+                ended_ms: Some(1_700_000_001_000),
+                output_bytes: 18,
+            }],
         },
     ]
 }

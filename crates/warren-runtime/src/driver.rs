@@ -98,6 +98,18 @@ pub enum DriverError {
     /// The agent answered with an error.
     #[error("agent error: {0}")]
     Agent(String),
+    /// No process with this pid in the sandbox.
+    #[error("no process {0} in this sandbox")]
+    ProcessNotFound(i32),
+    /// The process was started without stdin.
+    #[error("process {0} was started without stdin")]
+    NoStdin(i32),
+    /// The process has exited (or closed its stdin) and cannot take this.
+    #[error("{0}")]
+    ProcessNotRunning(String),
+    /// The request was invalid (for example a bad signal number).
+    #[error("{0}")]
+    Invalid(String),
     /// Any other I/O failure on the host.
     #[error("{context}: {source}")]
     Io {
@@ -123,6 +135,11 @@ pub trait Driver: Send + Sync {
     /// What this host can give one sandbox (checked against requested limits).
     fn capacity(&self) -> crate::HostCapacity {
         crate::HostCapacity::detect()
+    }
+
+    /// Background processes, when this driver can run them.
+    fn processes(&self) -> Option<&dyn crate::ProcessControl> {
+        None
     }
 
     /// Creates and starts a sandbox; returns once its agent is ready.

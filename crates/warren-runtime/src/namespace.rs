@@ -18,6 +18,7 @@ use warren_proto::Frame;
 
 use crate::agent_conn::AgentConn;
 use crate::driver::{Driver, DriverError, ExecOutcome, ExecSpec, RuntimeInfo, SandboxSpec};
+use crate::process::{ProcessControl, ProcessEvent, ProcessInfo, SpawnSpec};
 use crate::process_state;
 
 /// The agent binary built by build.rs (static-pie).
@@ -285,6 +286,20 @@ impl NamespaceDriver {
             .unwrap_or(0)
     }
 
+    /// The sandbox's agent connection; one reconnect when it dropped (the
+    /// agent restarted its accept, or a daemon restart raced).
+    async fn live_conn(&self, id: &str) -> Result<Arc<AgentConn>, DriverError> {
+        if let Some(conn) = self.conn(id).filter(|c| c.is_alive()) {
+            return Ok(conn);
+        }
+        let conn = AgentConn::connect(&self.socket_path(id)).await?;
+        self.agents
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.to_string(), Arc::clone(&conn));
+        Ok(conn)
+    }
+
     fn cleanup(&self, id: &str) -> Result<(), DriverError> {
         remove_sandbox_files(
             &self.cgroups,
@@ -419,20 +434,12 @@ impl Driver for NamespaceDriver {
         Ok(())
     }
 
+    fn processes(&self) -> Option<&dyn ProcessControl> {
+        Some(self)
+    }
+
     async fn exec(&self, id: &str, spec: ExecSpec) -> Result<ExecOutcome, DriverError> {
-        let conn = match self.conn(id) {
-            Some(conn) if conn.is_alive() => conn,
-            _ => {
-                // The connection dropped (agent restarted its accept, or a
-                // daemon restart raced): one reconnect before giving up.
-                let conn = AgentConn::connect(&self.socket_path(id)).await?;
-                self.agents
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(id.to_string(), Arc::clone(&conn));
-                conn
-            }
-        };
+        let conn = self.live_conn(id).await?;
         let oom_before = self.oom_kills(id);
         let answer = conn
             .request(|stream| {
@@ -488,5 +495,192 @@ impl Driver for NamespaceDriver {
             context: "remove sandbox".into(),
             source: std::io::Error::other(e),
         })?
+    }
+}
+
+/// Maps an agent `error` answer for process `pid` onto a driver error.
+fn process_error(pid: i32, code: Option<&str>, message: String) -> DriverError {
+    match code {
+        Some("not_found") => DriverError::ProcessNotFound(pid),
+        Some("no_stdin") => DriverError::NoStdin(pid),
+        Some("not_running") => DriverError::ProcessNotRunning(message),
+        Some("invalid") | Some("spawn") => DriverError::Invalid(message),
+        _ => DriverError::Agent(message),
+    }
+}
+
+fn unexpected(frame: &Frame) -> DriverError {
+    DriverError::Agent(format!("unexpected answer {frame:?}"))
+}
+
+fn ack(pid: i32, answer: Frame) -> Result<(), DriverError> {
+    match answer {
+        Frame::Ack { .. } => Ok(()),
+        Frame::Error { message, code, .. } => Err(process_error(pid, code.as_deref(), message)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn info_of(e: warren_proto::ProcessEntry) -> ProcessInfo {
+    ProcessInfo {
+        pid: e.pid,
+        tag: e.tag,
+        argv: e.argv,
+        running: e.running,
+        exit_code: e.exit_code,
+        timed_out: e.timed_out,
+        stdin: e.stdin,
+        started_ms: e.started_ms,
+        ended_ms: e.ended_ms,
+        output_bytes: e.output_bytes,
+    }
+}
+
+fn event_of(frame: Frame) -> Option<ProcessEvent> {
+    match frame {
+        Frame::Output(c) => Some(ProcessEvent::Output {
+            fd: c.fd,
+            offset: c.offset,
+            data: c.data,
+        }),
+        Frame::Dropped { count, .. } => Some(ProcessEvent::Dropped { count }),
+        Frame::OutputEnd { offset, .. } => Some(ProcessEvent::End { offset }),
+        Frame::Exited {
+            exit_code,
+            timed_out,
+            ..
+        } => Some(ProcessEvent::Exited {
+            exit_code,
+            timed_out,
+        }),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl ProcessControl for NamespaceDriver {
+    async fn spawn(&self, id: &str, spec: SpawnSpec) -> Result<ProcessInfo, DriverError> {
+        let conn = self.live_conn(id).await?;
+        let argv = spec.argv.clone();
+        let (tag, stdin) = (spec.tag.clone(), spec.stdin);
+        let answer = conn
+            .request(|stream| {
+                Frame::Spawn(warren_proto::SpawnRequest {
+                    stream,
+                    argv: spec.argv,
+                    cwd: spec.cwd,
+                    env: spec.env,
+                    user: spec.user,
+                    stdin: spec.stdin,
+                    timeout_ms: spec.timeout.map(|t| t.as_millis() as u64),
+                    tag: spec.tag,
+                    buffer_bytes: spec.buffer_bytes,
+                })
+            })
+            .await?;
+        match answer {
+            Frame::Spawned { pid, .. } => {
+                // The list has the exact start time; fall back to what we know.
+                let listed = self.list_processes(id).await.unwrap_or_default();
+                Ok(listed
+                    .into_iter()
+                    .find(|p| p.pid == pid)
+                    .unwrap_or(ProcessInfo {
+                        pid,
+                        tag,
+                        argv,
+                        running: true,
+                        stdin,
+                        ..Default::default()
+                    }))
+            }
+            Frame::Error { message, code, .. } => Err(process_error(0, code.as_deref(), message)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn list_processes(&self, id: &str) -> Result<Vec<ProcessInfo>, DriverError> {
+        let conn = self.live_conn(id).await?;
+        match conn
+            .request(|stream| Frame::ListProcesses { stream })
+            .await?
+        {
+            Frame::ProcessList { entries, .. } => Ok(entries.into_iter().map(info_of).collect()),
+            Frame::Error { message, .. } => Err(DriverError::Agent(message)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn subscribe_output(
+        &self,
+        id: &str,
+        pid: i32,
+        from: u64,
+        follow: bool,
+    ) -> Result<tokio::sync::mpsc::Receiver<ProcessEvent>, DriverError> {
+        let conn = self.live_conn(id).await?;
+        let mut frames = conn
+            .subscribe(|stream| Frame::ProcessOutputRequest {
+                stream,
+                pid,
+                from,
+                no_follow: !follow,
+            })
+            .await?;
+        match frames.recv().await {
+            Some(Frame::Ack { .. }) => {}
+            Some(Frame::Error { message, code, .. }) => {
+                return Err(process_error(pid, code.as_deref(), message))
+            }
+            Some(other) => return Err(unexpected(&other)),
+            None => {
+                return Err(DriverError::AgentUnavailable(
+                    "agent connection closed before answering".into(),
+                ))
+            }
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            while let Some(frame) = frames.recv().await {
+                if let Some(event) = event_of(frame) {
+                    if tx.send(event).await.is_err() {
+                        // The reader left; dropping `frames` cancels upstream.
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    async fn write_stdin(
+        &self,
+        id: &str,
+        pid: i32,
+        data: Vec<u8>,
+        close: bool,
+    ) -> Result<(), DriverError> {
+        let conn = self.live_conn(id).await?;
+        let answer = conn
+            .request(|stream| Frame::Stdin {
+                stream,
+                pid,
+                data,
+                close,
+            })
+            .await?;
+        ack(pid, answer)
+    }
+
+    async fn signal(&self, id: &str, pid: i32, signal: i32) -> Result<(), DriverError> {
+        let conn = self.live_conn(id).await?;
+        let answer = conn
+            .request(|stream| Frame::Signal {
+                stream,
+                pid,
+                signal,
+            })
+            .await?;
+        ack(pid, answer)
     }
 }

@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use warren_runtime::{
-    Driver, ExecSpec, NamespaceConfig, NamespaceDriver, RuntimeInfo, SandboxSpec,
+    Driver, DriverError, ExecSpec, NamespaceConfig, NamespaceDriver, ProcessEvent, RuntimeInfo,
+    SandboxSpec, SpawnSpec,
 };
 
 fn is_root() -> bool {
@@ -523,4 +524,223 @@ async fn commands_run_hardened_and_as_the_requested_user() {
         .unwrap();
     let builder_uid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     assert!(builder_uid >= 1000 && builder_uid != agent_uid);
+}
+
+fn shell_spawn(script: &str) -> SpawnSpec {
+    SpawnSpec {
+        argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        ..Default::default()
+    }
+}
+
+/// Collects a subscription's events until it ends: (bytes by fd in order,
+/// dropped count, exit).
+async fn drain(
+    mut rx: tokio::sync::mpsc::Receiver<ProcessEvent>,
+) -> (Vec<(u8, u64, Vec<u8>)>, u64, Option<(i32, bool)>) {
+    let (mut chunks, mut dropped, mut exit) = (Vec::new(), 0, None);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while let Ok(Some(event)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+        match event {
+            ProcessEvent::Output { fd, offset, data } => chunks.push((fd, offset, data)),
+            ProcessEvent::Dropped { count } => dropped += count,
+            ProcessEvent::Exited {
+                exit_code,
+                timed_out,
+            } => exit = Some((exit_code, timed_out)),
+            ProcessEvent::End { .. } => {}
+        }
+    }
+    (chunks, dropped, exit)
+}
+
+fn joined(chunks: &[(u8, u64, Vec<u8>)], fd: u8) -> String {
+    chunks
+        .iter()
+        .filter(|c| c.0 == fd)
+        .map(|c| String::from_utf8_lossy(&c.2).into_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_processes_stream_resume_take_stdin_and_signals() {
+    require_root!();
+    let h = Harness::new();
+    h.create(&h.spec("nsproc1")).await;
+    let pc = h.driver.processes().unwrap();
+
+    // Spawn → live output → exit; offsets run across stdout and stderr.
+    let p = pc
+        .spawn(
+            "nsproc1",
+            SpawnSpec {
+                tag: Some("lines".into()),
+                ..shell_spawn("echo one; sleep 0.2; echo two >&2; sleep 0.2; echo three; exit 3")
+            },
+        )
+        .await
+        .unwrap();
+    assert!(p.pid > 1 && p.running, "{p:?}");
+    assert_eq!(p.tag.as_deref(), Some("lines"));
+    let rx = pc
+        .subscribe_output("nsproc1", p.pid, 0, true)
+        .await
+        .unwrap();
+    let (chunks, dropped, exit) = drain(rx).await;
+    assert_eq!(dropped, 0);
+    assert_eq!(exit, Some((3, false)));
+    assert_eq!(joined(&chunks, 1), "one\nthree\n");
+    assert_eq!(joined(&chunks, 2), "two\n");
+    let mut next = 0;
+    for (_, offset, data) in &chunks {
+        assert_eq!(*offset, next, "{chunks:?}");
+        next += data.len() as u64;
+    }
+    assert_eq!(next, 14);
+
+    // Resume from an offset in the middle of a chunk: exactly the rest.
+    let rx = pc
+        .subscribe_output("nsproc1", p.pid, 6, true)
+        .await
+        .unwrap();
+    let (chunks, _, exit) = drain(rx).await;
+    assert_eq!(exit, Some((3, false)));
+    let rest: Vec<u8> = chunks.iter().flat_map(|c| c.2.clone()).collect();
+    assert_eq!(String::from_utf8_lossy(&rest), "o\nthree\n");
+
+    // The finished process is still listed.
+    let list = pc.list_processes("nsproc1").await.unwrap();
+    let entry = list.iter().find(|e| e.pid == p.pid).unwrap();
+    assert!(!entry.running);
+    assert_eq!(entry.exit_code, Some(3));
+    assert!(entry.ended_ms.unwrap() >= entry.started_ms);
+
+    // Overflow: a small buffer keeps the newest bytes and reports the gap.
+    let big = pc
+        .spawn(
+            "nsproc1",
+            SpawnSpec {
+                buffer_bytes: Some(64 * 1024),
+                ..shell_spawn("head -c 1000000 /dev/zero; echo; echo end")
+            },
+        )
+        .await
+        .unwrap();
+    let rx = pc
+        .subscribe_output("nsproc1", big.pid, 0, true)
+        .await
+        .unwrap();
+    let (_, _, exit) = drain(rx).await;
+    assert_eq!(exit, Some((0, false)));
+    let rx = pc
+        .subscribe_output("nsproc1", big.pid, 0, true)
+        .await
+        .unwrap();
+    let (chunks, dropped, _) = drain(rx).await;
+    let kept: u64 = chunks.iter().map(|c| c.2.len() as u64).sum();
+    assert!(dropped > 0, "overflow must be reported");
+    assert_eq!(
+        dropped + kept,
+        1_000_005,
+        "every byte is either kept or counted"
+    );
+    assert_eq!(chunks[0].1, dropped, "output resumes right after the gap");
+    assert!(joined(&chunks, 1).ends_with("\nend\n"));
+
+    // Stdin: written in order, closed on request.
+    let cat = pc
+        .spawn(
+            "nsproc1",
+            SpawnSpec {
+                stdin: true,
+                ..shell_spawn("tr a-z A-Z")
+            },
+        )
+        .await
+        .unwrap();
+    let rx = pc
+        .subscribe_output("nsproc1", cat.pid, 0, true)
+        .await
+        .unwrap();
+    pc.write_stdin("nsproc1", cat.pid, b"hello ".to_vec(), false)
+        .await
+        .unwrap();
+    pc.write_stdin("nsproc1", cat.pid, b"world\n".to_vec(), true)
+        .await
+        .unwrap();
+    let (chunks, _, exit) = drain(rx).await;
+    assert_eq!(joined(&chunks, 1), "HELLO WORLD\n");
+    assert_eq!(exit, Some((0, false)));
+    let err = pc
+        .write_stdin("nsproc1", p.pid, b"x".to_vec(), false)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DriverError::NoStdin(_)), "{err:?}");
+
+    // Signals reach the whole group; unknown pids are reported as such.
+    let sleeper = pc
+        .spawn("nsproc1", shell_spawn("sleep 100 & sleep 100; echo never"))
+        .await
+        .unwrap();
+    let rx = pc
+        .subscribe_output("nsproc1", sleeper.pid, 0, true)
+        .await
+        .unwrap();
+    pc.signal("nsproc1", sleeper.pid, libc::SIGTERM)
+        .await
+        .unwrap();
+    let (chunks, _, exit) = drain(rx).await;
+    assert_eq!(exit, Some((128 + libc::SIGTERM, false)));
+    assert!(chunks.is_empty());
+    let (_, out, _) = h.sh("nsproc1", "pgrep -c sleep || true").await;
+    assert_eq!(out.trim(), "0", "the group's background sleep must be gone");
+    assert!(matches!(
+        pc.signal("nsproc1", 99999, libc::SIGTERM).await,
+        Err(DriverError::ProcessNotFound(99999))
+    ));
+    assert!(matches!(
+        pc.subscribe_output("nsproc1", 99999, 0, true).await,
+        Err(DriverError::ProcessNotFound(99999))
+    ));
+
+    // A timeout kills the process group.
+    let slow = pc
+        .spawn(
+            "nsproc1",
+            SpawnSpec {
+                timeout: Some(Duration::from_millis(300)),
+                ..shell_spawn("echo start; sleep 30")
+            },
+        )
+        .await
+        .unwrap();
+    let rx = pc
+        .subscribe_output("nsproc1", slow.pid, 0, true)
+        .await
+        .unwrap();
+    let (chunks, _, exit) = drain(rx).await;
+    assert_eq!(joined(&chunks, 1), "start\n");
+    assert_eq!(exit, Some((128 + libc::SIGKILL, true)));
+
+    // A non-following read of a running process ends after the replay.
+    let quiet = pc
+        .spawn("nsproc1", shell_spawn("echo ready; sleep 30"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rx = pc
+        .subscribe_output("nsproc1", quiet.pid, 0, false)
+        .await
+        .unwrap();
+    let (chunks, _, exit) = drain(rx).await;
+    assert_eq!(joined(&chunks, 1), "ready\n");
+    assert_eq!(exit, None);
+    pc.signal("nsproc1", quiet.pid, libc::SIGKILL)
+        .await
+        .unwrap();
+
+    // Buffered exec still works next to all this.
+    let (code, out, _) = h.sh("nsproc1", "echo still").await;
+    assert_eq!((code, out.as_str()), (0, "still\n"));
+    h.destroy("nsproc1").await;
 }

@@ -5,6 +5,7 @@ mod api_json;
 mod auth;
 mod error;
 mod openapi;
+mod process_stream;
 mod request_log;
 mod request_validation;
 mod routes;
@@ -31,7 +32,8 @@ pub use error::ApiError;
 pub use openapi::openapi;
 pub use request_validation::{validate_create, validate_exec, ValidatedCreate};
 pub use sandbox_service::{
-    new_sandbox_id, ListFilter, RecoveryReport, SandboxService, GONE_AFTER_RESTART,
+    new_sandbox_id, process_to_api, signal_number, ListFilter, RecoveryReport, SandboxService,
+    GONE_AFTER_RESTART,
 };
 
 /// Largest accepted request body (16 MiB); larger bodies get 413.
@@ -79,6 +81,26 @@ fn build_router(state: AppState, require_key: bool) -> Router {
             get(routes::get_sandbox).delete(routes::delete_sandbox),
         )
         .route("/v1/sandboxes/{id}/exec", post(routes::exec_in_sandbox))
+        .route(
+            "/v1/sandboxes/{id}/processes",
+            post(routes::start_process).get(routes::list_processes),
+        )
+        .route(
+            "/v1/sandboxes/{id}/processes/{pid}",
+            get(routes::get_process),
+        )
+        .route(
+            "/v1/sandboxes/{id}/processes/{pid}/output",
+            get(routes::process_output),
+        )
+        .route(
+            "/v1/sandboxes/{id}/processes/{pid}/stdin",
+            post(routes::process_stdin),
+        )
+        .route(
+            "/v1/sandboxes/{id}/processes/{pid}/signal",
+            post(routes::signal_process),
+        )
         .route("/healthz", get(routes::healthz))
         .route("/openapi.json", get(routes::openapi_json))
         .fallback(routes::not_found)

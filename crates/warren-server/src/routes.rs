@@ -2,12 +2,13 @@
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use warren_api::{
-    CreateSandboxRequest, ErrorBody, ErrorCode, ExecRequest, ExecResult, Health, Sandbox,
-    SandboxList,
+    CreateSandboxRequest, ErrorBody, ErrorCode, ExecRequest, ExecResult, Health, OutputEventData,
+    Process, ProcessList, Sandbox, SandboxList, SignalRequest, StartProcessRequest, StdinRequest,
 };
 
 use crate::api_json::ApiJson;
@@ -163,4 +164,201 @@ pub async fn method_not_allowed() -> Response {
         "this route does not support that HTTP method; see GET /openapi.json".to_owned(),
     )
     .into_response()
+}
+
+fn parse_pid(id: &str, pid: &str) -> Result<i32, ApiError> {
+    pid.parse::<i32>().ok().filter(|p| *p > 0).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::NotFound,
+            format!("no process {pid:?} in sandbox {id}; pids are positive integers"),
+        )
+    })
+}
+
+/// Start a background process; it keeps running after the call returns.
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{id}/processes",
+    tag = "processes",
+    params(("id" = String, Path, description = "Sandbox id")),
+    request_body = StartProcessRequest,
+    responses(
+        (status = 201, description = "The process started", body = Process),
+        (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 404, description = "No such sandbox", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running", body = ErrorBody),
+        (status = 422, description = "Neither or both of cmd and shell, impossible values, or the program could not start", body = ErrorBody),
+    )
+)]
+pub async fn start_process(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<StartProcessRequest>,
+) -> Result<(StatusCode, Json<Process>), ApiError> {
+    let process = state.service.start_process(&id, req).await?;
+    Ok((StatusCode::CREATED, Json(process)))
+}
+
+/// List running and recently finished processes (the last 64 finished are kept).
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes/{id}/processes",
+    tag = "processes",
+    params(("id" = String, Path, description = "Sandbox id")),
+    responses(
+        (status = 200, description = "Processes, oldest first", body = ProcessList),
+        (status = 404, description = "No such sandbox", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running", body = ErrorBody),
+    )
+)]
+pub async fn list_processes(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ProcessList>, ApiError> {
+    let processes = state.service.list_processes(&id).await?;
+    Ok(Json(ProcessList { processes }))
+}
+
+/// Get one process.
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes/{id}/processes/{pid}",
+    tag = "processes",
+    params(
+        ("id" = String, Path, description = "Sandbox id"),
+        ("pid" = i32, Path, description = "Process id inside the sandbox"),
+    ),
+    responses(
+        (status = 200, description = "The process", body = Process),
+        (status = 404, description = "No such sandbox or process", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running", body = ErrorBody),
+    )
+)]
+pub async fn get_process(
+    State(state): State<AppState>,
+    Path((id, pid)): Path<(String, String)>,
+) -> Result<Json<Process>, ApiError> {
+    let pid = parse_pid(&id, &pid)?;
+    Ok(Json(state.service.get_process(&id, pid).await?))
+}
+
+/// Query of `GET …/output`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputQuery {
+    /// Keep streaming live output until the process exits (default true).
+    follow: Option<bool>,
+}
+
+/// Stream a process's output as server-sent events.
+///
+/// Events, in order: `stdout` and `stderr` chunks (data: JSON
+/// `OutputEventData`, with the text and the exact bytes in base64), a
+/// `dropped` event (`DroppedEventData`) when output was lost to buffer
+/// overflow before it was read, and one final `exit` event (`ExitEventData`).
+/// Every event's `id` is the byte offset (across stdout and stderr) after it:
+/// reconnect with `Last-Event-ID` to get exactly what was missed. With
+/// `follow=false` the stream ends after the output kept so far.
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes/{id}/processes/{pid}/output",
+    tag = "processes",
+    params(
+        ("id" = String, Path, description = "Sandbox id"),
+        ("pid" = i32, Path, description = "Process id inside the sandbox"),
+        ("follow" = Option<bool>, Query, description = "Keep streaming until the process exits (default true)"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this byte offset"),
+    ),
+    responses(
+        (status = 200, description = "An SSE stream of stdout, stderr, dropped and exit events", content_type = "text/event-stream", body = OutputEventData),
+        (status = 400, description = "Last-Event-ID is not a byte offset", body = ErrorBody),
+        (status = 404, description = "No such sandbox or process", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running", body = ErrorBody),
+    )
+)]
+pub async fn process_output(
+    State(state): State<AppState>,
+    Path((id, pid)): Path<(String, String)>,
+    query: Result<Query<OutputQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::invalid_request(e.body_text()))?;
+    let pid = parse_pid(&id, &pid)?;
+    let from = match headers.get("last-event-id") {
+        None => 0,
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .ok_or_else(|| {
+                ApiError::invalid_request(
+                    "Last-Event-ID must be the id of an earlier event (a byte offset)",
+                )
+            })?,
+    };
+    let rx = state
+        .service
+        .process_output(&id, pid, from, query.follow.unwrap_or(true))
+        .await?;
+    Ok(Sse::new(crate::process_stream::events(rx, from))
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// Write to a process's stdin, and/or close it.
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{id}/processes/{pid}/stdin",
+    tag = "processes",
+    params(
+        ("id" = String, Path, description = "Sandbox id"),
+        ("pid" = i32, Path, description = "Process id inside the sandbox"),
+    ),
+    request_body = StdinRequest,
+    responses(
+        (status = 204, description = "Written"),
+        (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 404, description = "No such sandbox or process", body = ErrorBody),
+        (status = 409, description = "The process was started without stdin, closed it, or exited", body = ErrorBody),
+    )
+)]
+pub async fn process_stdin(
+    State(state): State<AppState>,
+    Path((id, pid)): Path<(String, String)>,
+    ApiJson(req): ApiJson<StdinRequest>,
+) -> Result<StatusCode, ApiError> {
+    let pid = parse_pid(&id, &pid)?;
+    let data = req.data.map(String::into_bytes).unwrap_or_default();
+    state
+        .service
+        .process_stdin(&id, pid, data, req.close.unwrap_or(false))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Send a signal, by name, to a process's group.
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{id}/processes/{pid}/signal",
+    tag = "processes",
+    params(
+        ("id" = String, Path, description = "Sandbox id"),
+        ("pid" = i32, Path, description = "Process id inside the sandbox"),
+    ),
+    request_body = SignalRequest,
+    responses(
+        (status = 204, description = "Sent"),
+        (status = 400, description = "Malformed request or unknown signal name (the message lists the allowed names)", body = ErrorBody),
+        (status = 404, description = "No such sandbox or process", body = ErrorBody),
+        (status = 409, description = "The process has exited", body = ErrorBody),
+    )
+)]
+pub async fn signal_process(
+    State(state): State<AppState>,
+    Path((id, pid)): Path<(String, String)>,
+    ApiJson(req): ApiJson<SignalRequest>,
+) -> Result<StatusCode, ApiError> {
+    let pid = parse_pid(&id, &pid)?;
+    state.service.signal_process(&id, pid, &req.signal).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

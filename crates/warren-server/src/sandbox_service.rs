@@ -7,8 +7,14 @@ use std::sync::{Arc, Mutex as StdMutex};
 use chrono::{SubsecRound, Utc};
 use rand::Rng;
 use tokio::sync::{Mutex, OwnedMutexGuard};
-use warren_api::{CreateSandboxRequest, ExecRequest, ExecResult, Sandbox, SandboxState};
-use warren_runtime::{Driver, DriverError, RuntimeInfo, SandboxSpec};
+use warren_api::{
+    CreateSandboxRequest, ErrorCode, ExecRequest, ExecResult, Process, Sandbox, SandboxState,
+    StartProcessRequest, SIGNAL_NAMES,
+};
+use warren_runtime::{
+    Driver, DriverError, ProcessControl, ProcessEvent, ProcessInfo, RuntimeInfo, SandboxSpec,
+    SpawnSpec,
+};
 use warren_store::{SandboxRecord, Store};
 
 use crate::error::ApiError;
@@ -27,6 +33,51 @@ pub fn new_sandbox_id() -> String {
     (0..SANDBOX_ID_LEN)
         .map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())]))
         .collect()
+}
+
+/// The number of a signal in [`SIGNAL_NAMES`] (the `SIG` prefix is optional,
+/// case-insensitive).
+pub fn signal_number(name: &str) -> Option<i32> {
+    let upper = name.to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    Some(match full.as_str() {
+        "SIGTERM" => 15,
+        "SIGINT" => 2,
+        "SIGKILL" => 9,
+        "SIGHUP" => 1,
+        "SIGQUIT" => 3,
+        "SIGUSR1" => 10,
+        "SIGUSR2" => 12,
+        "SIGCONT" => 18,
+        "SIGSTOP" => 19,
+        _ => return None,
+    })
+}
+
+fn rfc3339_ms(ms: u64) -> String {
+    chrono::DateTime::<Utc>::from_timestamp_millis(i64::try_from(ms).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The API view of a driver's process info.
+pub fn process_to_api(info: &ProcessInfo) -> Process {
+    Process {
+        pid: info.pid,
+        tag: info.tag.clone(),
+        cmd: info.argv.clone(),
+        status: if info.running { "running" } else { "exited" }.to_owned(),
+        exit_code: info.exit_code,
+        timed_out: info.timed_out,
+        stdin: info.stdin,
+        started_at: rfc3339_ms(info.started_ms),
+        ended_at: info.ended_ms.map(rfc3339_ms),
+        output_bytes: info.output_bytes,
+    }
 }
 
 /// Filters for listing sandboxes.
@@ -300,22 +351,189 @@ impl SandboxService {
                     oom_killed: outcome.oom_killed,
                 })
             }
-            Err(DriverError::AgentUnavailable(message)) => {
-                let _guard = self.lock(id).await;
-                // Re-read under the lock: a concurrent delete may have won.
-                let current = self.record(id).await?;
-                if current.state == SandboxState::Running {
-                    let reason = format!("sandbox agent unavailable: {message}");
-                    self.transition(id, SandboxState::Failed, Some(&reason))
-                        .await?;
-                }
-                Err(ApiError::invalid_state(format!(
-                    "sandbox is no longer running: {message}"
-                )))
-            }
+            Err(DriverError::AgentUnavailable(message)) => Err(self.agent_gone(id, &message).await),
             Err(other) => Err(ApiError::internal(format!(
                 "running the command in sandbox {id} failed: {other}"
             ))),
+        }
+    }
+
+    /// The sandbox's agent is gone: mark it failed (unless a concurrent
+    /// delete won) and answer 409.
+    async fn agent_gone(&self, id: &str, message: &str) -> ApiError {
+        let _guard = self.lock(id).await;
+        // Re-read under the lock: a concurrent delete may have won.
+        match self.record(id).await {
+            Ok(current) if current.state == SandboxState::Running => {
+                let reason = format!("sandbox agent unavailable: {message}");
+                if let Err(e) = self
+                    .transition(id, SandboxState::Failed, Some(&reason))
+                    .await
+                {
+                    return e;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => return e,
+        }
+        ApiError::invalid_state(format!("sandbox is no longer running: {message}"))
+    }
+
+    /// The running sandbox's record and its driver's process control.
+    async fn processes_of(
+        &self,
+        id: &str,
+    ) -> Result<(SandboxRecord, &dyn ProcessControl), ApiError> {
+        let record = self.record(id).await?;
+        if record.state != SandboxState::Running {
+            return Err(ApiError::invalid_state(format!(
+                "sandbox {id} is {}, not running; processes run only in running sandboxes",
+                record.state.as_str()
+            )));
+        }
+        let control = self.driver.processes().ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::CapabilityUnsupported,
+                format!(
+                    "the {} driver cannot run background processes",
+                    self.driver.name()
+                ),
+            )
+        })?;
+        Ok((record, control))
+    }
+
+    /// Maps a driver error of a process operation onto the API's errors.
+    async fn process_error(&self, id: &str, err: DriverError) -> ApiError {
+        match err {
+            DriverError::ProcessNotFound(pid) => ApiError::new(
+                ErrorCode::NotFound,
+                format!("no process {pid} in sandbox {id}; GET /v1/sandboxes/{id}/processes lists them"),
+            ),
+            DriverError::NoStdin(pid) => ApiError::invalid_state(format!(
+                "process {pid} was started without stdin; start it with \"stdin\": true to write to it"
+            )),
+            DriverError::ProcessNotRunning(message) => ApiError::invalid_state(message),
+            DriverError::Invalid(message) => ApiError::invalid_value(message),
+            DriverError::AgentUnavailable(message) => self.agent_gone(id, &message).await,
+            other => ApiError::internal(format!("process operation in sandbox {id} failed: {other}")),
+        }
+    }
+
+    /// Starts a background process in a running sandbox.
+    pub async fn start_process(
+        &self,
+        id: &str,
+        req: StartProcessRequest,
+    ) -> Result<Process, ApiError> {
+        let (record, control) = self.processes_of(id).await?;
+        let stdin = req.stdin.unwrap_or(false);
+        let tag = req.tag;
+        if let Some(tag) = &tag {
+            if tag.len() > 256 || tag.contains('\0') {
+                return Err(ApiError::invalid_value(
+                    "tag must be at most 256 bytes without NUL characters",
+                ));
+            }
+        }
+        let spec = validate_exec(
+            ExecRequest {
+                cmd: req.cmd,
+                shell: req.shell,
+                cwd: req.cwd,
+                env: req.env,
+                stdin: None,
+                timeout_ms: req.timeout_ms,
+                user: req.user,
+            },
+            &record.env,
+            &record.workdir,
+        )?;
+        let spawn = SpawnSpec {
+            argv: spec.argv,
+            cwd: spec.cwd,
+            env: spec.env,
+            user: spec.user,
+            stdin,
+            timeout: spec.timeout,
+            tag,
+            buffer_bytes: None,
+        };
+        match control.spawn(id, spawn).await {
+            Ok(info) => Ok(process_to_api(&info)),
+            // The command itself could not start (not found, bad user…).
+            Err(DriverError::Invalid(message)) => Err(ApiError::invalid_value(format!(
+                "the process could not start: {message}"
+            ))),
+            Err(e) => Err(self.process_error(id, e).await),
+        }
+    }
+
+    /// Running and recently finished processes, oldest first.
+    pub async fn list_processes(&self, id: &str) -> Result<Vec<Process>, ApiError> {
+        let (_, control) = self.processes_of(id).await?;
+        match control.list_processes(id).await {
+            Ok(list) => Ok(list.iter().map(process_to_api).collect()),
+            Err(e) => Err(self.process_error(id, e).await),
+        }
+    }
+
+    /// One process.
+    pub async fn get_process(&self, id: &str, pid: i32) -> Result<Process, ApiError> {
+        self.list_processes(id)
+            .await?
+            .into_iter()
+            .find(|p| p.pid == pid)
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("no process {pid} in sandbox {id}"),
+                )
+            })
+    }
+
+    /// The output events of a process from byte offset `from`.
+    pub async fn process_output(
+        &self,
+        id: &str,
+        pid: i32,
+        from: u64,
+        follow: bool,
+    ) -> Result<tokio::sync::mpsc::Receiver<ProcessEvent>, ApiError> {
+        let (_, control) = self.processes_of(id).await?;
+        match control.subscribe_output(id, pid, from, follow).await {
+            Ok(rx) => Ok(rx),
+            Err(e) => Err(self.process_error(id, e).await),
+        }
+    }
+
+    /// Writes to (and optionally closes) a process's stdin.
+    pub async fn process_stdin(
+        &self,
+        id: &str,
+        pid: i32,
+        data: Vec<u8>,
+        close: bool,
+    ) -> Result<(), ApiError> {
+        let (_, control) = self.processes_of(id).await?;
+        match control.write_stdin(id, pid, data, close).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.process_error(id, e).await),
+        }
+    }
+
+    /// Sends a signal, by name, to a process's group.
+    pub async fn signal_process(&self, id: &str, pid: i32, name: &str) -> Result<(), ApiError> {
+        let Some(number) = signal_number(name) else {
+            return Err(ApiError::invalid_request(format!(
+                "unknown signal {name:?}; use one of {}",
+                SIGNAL_NAMES.join(", ")
+            )));
+        };
+        let (_, control) = self.processes_of(id).await?;
+        match control.signal(id, pid, number).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.process_error(id, e).await),
         }
     }
 
@@ -363,5 +581,21 @@ impl SandboxService {
             "recovered sandboxes"
         );
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_allowed_signal_name_has_a_number() {
+        for name in SIGNAL_NAMES {
+            assert!(signal_number(name).is_some(), "{name}");
+        }
+        assert_eq!(signal_number("term"), Some(15));
+        assert_eq!(signal_number("SIGKILL"), Some(9));
+        assert_eq!(signal_number("SIGBOGUS"), None);
+        assert_eq!(signal_number(""), None);
     }
 }

@@ -1,0 +1,258 @@
+//! Background processes: the output stream (server-sent events) and its parser.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use warren_api::{DroppedEventData, ExitEventData, OutputEventData};
+
+use crate::ClientError;
+
+/// One event of a process's output stream. Every event carries `id`, the
+/// byte offset (across stdout and stderr) after it: pass the last one seen
+/// to [`crate::Client::process_output`] to resume exactly there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputEvent {
+    /// A chunk of standard output or standard error.
+    Output {
+        /// 1 for stdout, 2 for stderr.
+        fd: u8,
+        /// The exact bytes.
+        data: Vec<u8>,
+        /// Offset after the chunk.
+        id: u64,
+    },
+    /// Bytes lost because the process's output buffer overflowed before
+    /// they were read.
+    Dropped {
+        /// Number of lost bytes.
+        bytes: u64,
+        /// Offset where output resumes.
+        id: u64,
+    },
+    /// The process exited; the last event.
+    Exit {
+        /// Exit code; `128 + N` when killed by signal N.
+        exit_code: i32,
+        /// True when its timeout killed it.
+        timed_out: bool,
+        /// Offset after the last output byte.
+        id: u64,
+    },
+}
+
+impl OutputEvent {
+    /// The event's id (a byte offset), for resuming.
+    pub fn id(&self) -> u64 {
+        match self {
+            Self::Output { id, .. } | Self::Dropped { id, .. } | Self::Exit { id, .. } => *id,
+        }
+    }
+}
+
+/// One raw server-sent event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct SseEvent {
+    pub(crate) id: Option<String>,
+    pub(crate) event: Option<String>,
+    pub(crate) data: String,
+}
+
+/// Incremental parser of a `text/event-stream` body.
+#[derive(Debug, Default)]
+pub(crate) struct SseParser {
+    buf: Vec<u8>,
+}
+
+impl SseParser {
+    pub(crate) fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete event, if the buffer holds one. Comments
+    /// (keep-alives) and blocks without data are skipped.
+    pub(crate) fn next_event(&mut self) -> Option<SseEvent> {
+        loop {
+            let end = find_blank_line(&self.buf)?;
+            let block: Vec<u8> = self.buf.drain(..end.1).collect();
+            let text = String::from_utf8_lossy(&block[..end.0]);
+            let mut event = SseEvent::default();
+            let mut data: Vec<&str> = Vec::new();
+            for line in text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)) {
+                if line.is_empty() || line.starts_with(':') {
+                    continue;
+                }
+                let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                let value = value.strip_prefix(' ').unwrap_or(value);
+                match field {
+                    "id" => event.id = Some(value.to_owned()),
+                    "event" => event.event = Some(value.to_owned()),
+                    "data" => data.push(value),
+                    _ => {}
+                }
+            }
+            if !data.is_empty() {
+                event.data = data.join("\n");
+                return Some(event);
+            }
+        }
+    }
+}
+
+/// (end of the block, end of the separator) of the first event block.
+fn find_blank_line(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut i = 0;
+    while i < buf.len() {
+        if buf[i] == b'\n' {
+            if buf.get(i + 1) == Some(&b'\n') {
+                return Some((i, i + 2));
+            }
+            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
+                return Some((i, i + 3));
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+fn decode(event: SseEvent) -> Result<Option<OutputEvent>, ClientError> {
+    let bad = |what: &str| ClientError::Protocol(format!("bad output event: {what}"));
+    if !matches!(
+        event.event.as_deref(),
+        Some("stdout" | "stderr" | "dropped" | "exit")
+    ) {
+        // Unknown events are for newer clients.
+        return Ok(None);
+    }
+    let id = event
+        .id
+        .as_deref()
+        .and_then(|i| i.parse::<u64>().ok())
+        .ok_or_else(|| bad("missing or non-numeric id"))?;
+    match event.event.as_deref() {
+        Some("stdout" | "stderr") => {
+            let body: OutputEventData =
+                serde_json::from_str(&event.data).map_err(|e| bad(&e.to_string()))?;
+            let data = STANDARD
+                .decode(body.base64.as_bytes())
+                .map_err(|e| bad(&e.to_string()))?;
+            Ok(Some(OutputEvent::Output {
+                fd: body.fd,
+                data,
+                id,
+            }))
+        }
+        Some("dropped") => {
+            let body: DroppedEventData =
+                serde_json::from_str(&event.data).map_err(|e| bad(&e.to_string()))?;
+            Ok(Some(OutputEvent::Dropped {
+                bytes: body.bytes,
+                id,
+            }))
+        }
+        Some("exit") => {
+            let body: ExitEventData =
+                serde_json::from_str(&event.data).map_err(|e| bad(&e.to_string()))?;
+            Ok(Some(OutputEvent::Exit {
+                exit_code: body.exit_code,
+                timed_out: body.timed_out,
+                id,
+            }))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// A process's output as it arrives. The stream ends after
+/// [`OutputEvent::Exit`]; it can also end without one (a non-following
+/// read, or the daemon ending a reader that fell far behind): resume from
+/// the last [`OutputEvent::id`].
+pub struct OutputStream {
+    body: Incoming,
+    parser: SseParser,
+    target: String,
+}
+
+impl OutputStream {
+    pub(crate) fn new(body: Incoming, target: String) -> Self {
+        Self {
+            body,
+            parser: SseParser::default(),
+            target,
+        }
+    }
+
+    /// The next event, or `None` at the end of the stream.
+    pub async fn next(&mut self) -> Result<Option<OutputEvent>, ClientError> {
+        loop {
+            while let Some(raw) = self.parser.next_event() {
+                if let Some(event) = decode(raw)? {
+                    return Ok(Some(event));
+                }
+            }
+            match self.body.frame().await {
+                None => return Ok(None),
+                Some(Err(source)) => {
+                    return Err(ClientError::Http {
+                        target: self.target.clone(),
+                        source,
+                    })
+                }
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        self.parser.push(data);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_events_split_anywhere_and_skips_comments() {
+        let text = ": keep-alive\n\nevent: stdout\nid: 3\ndata: {\"fd\":1,\"offset\":0,\"text\":\"hi\\n\",\"base64\":\"aGkK\"}\n\nevent: exit\r\nid: 3\r\ndata: {\"exitCode\":0,\"timedOut\":false}\r\n\r\n";
+        let mut parser = SseParser::default();
+        let mut events = Vec::new();
+        for byte in text.as_bytes() {
+            parser.push(&[*byte]);
+            while let Some(e) = parser.next_event() {
+                events.push(decode(e).unwrap().unwrap());
+            }
+        }
+        assert_eq!(
+            events,
+            vec![
+                OutputEvent::Output {
+                    fd: 1,
+                    data: b"hi\n".to_vec(),
+                    id: 3
+                },
+                OutputEvent::Exit {
+                    exit_code: 0,
+                    timed_out: false,
+                    id: 3
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn multi_line_data_is_joined_and_dropped_decodes() {
+        let mut parser = SseParser::default();
+        parser
+            .push(b"event: x\ndata: a\ndata: b\n\nevent: dropped\nid: 10\ndata: {\"bytes\":4}\n\n");
+        let first = parser.next_event().unwrap();
+        assert_eq!(first.data, "a\nb");
+        assert_eq!(decode(first).unwrap(), None);
+        assert_eq!(
+            decode(parser.next_event().unwrap()).unwrap(),
+            Some(OutputEvent::Dropped { bytes: 4, id: 10 })
+        );
+        assert!(parser.next_event().is_none());
+    }
+}
