@@ -63,8 +63,18 @@ pub struct BenchEnv {
 
 impl BenchEnv {
     pub fn new() -> Result<BenchEnv> {
-        let pid = std::process::id();
-        let dir = std::env::temp_dir().join(format!("warren-bench-{pid}"));
+        BenchEnv::named(&format!("warren-bench-{}", std::process::id()))
+    }
+
+    /// A second world beside [`BenchEnv::new`]'s, for another Warren build:
+    /// its own temp dir, socket, data dir and cgroup parent
+    /// (`warren-bench-<pid>-<tag>`).
+    pub fn tagged(tag: &str) -> Result<BenchEnv> {
+        BenchEnv::named(&format!("warren-bench-{}-{tag}", std::process::id()))
+    }
+
+    fn named(name: &str) -> Result<BenchEnv> {
+        let dir = std::env::temp_dir().join(name);
         if dir.exists() {
             remove_tree(&dir);
         }
@@ -72,8 +82,8 @@ impl BenchEnv {
         Ok(BenchEnv {
             socket: dir.join("warren.sock"),
             dir,
-            warren_cgroup: format!("warren-bench-{pid}"),
-            peer_cgroup: format!("warren-bench-{pid}-peers"),
+            warren_cgroup: name.to_string(),
+            peer_cgroup: format!("{name}-peers"),
             daemon: None,
             warren_bin: None,
         })
@@ -128,6 +138,11 @@ impl BenchEnv {
         }
     }
 
+    /// The daemon's pid, while it runs.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Child::id)
+    }
+
     /// The last lines of the daemon's log (for error reports).
     pub fn daemon_log_tail(&self) -> String {
         tail(&self.dir.join("daemon.log"), 20)
@@ -169,6 +184,22 @@ impl Drop for BenchEnv {
         }
         unmount_under(&self.dir);
         remove_tree(&self.dir);
+    }
+}
+
+/// Raises the soft open-files limit to the hard one, so the daemon (which
+/// inherits it) can hold an agent connection per sandbox at high density.
+pub fn raise_nofile_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a pointer to a live rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! `warren-bench`: Warren's benchmarks, side by side with bwrap, runc, runsc
 //! and podman. See bench/README.md.
 
+mod density;
 mod env;
 mod peers;
 mod report;
@@ -23,8 +24,8 @@ use crate::scenarios::{Ctx, Rounds, AVAILABLE, UNAVAILABLE};
 #[derive(Debug, Parser)]
 #[command(name = "warren-bench")]
 struct Args {
-    /// `all`, or scenario names: create, exec, concurrent (and the not yet
-    /// available fork, snapshot, density, file-transfer, streaming,
+    /// `all`, or scenario names: create, exec, concurrent, density (and the
+    /// not yet available fork, snapshot, file-transfer, streaming,
     /// port-proxy, warm-pool, pause-resume, gvisor-suspend).
     #[arg(required = true, value_name = "SCENARIO")]
     scenarios: Vec<String>,
@@ -40,6 +41,11 @@ struct Args {
     /// Override the counted rounds of `create` (default 100) and `exec` (default 200).
     #[arg(long, value_name = "N")]
     rounds: Option<usize>,
+    /// Another `warren` binary (e.g. an older commit's) to compare in
+    /// `create`: run with its own daemon, interleaved round by round with the
+    /// current build, and reported as "warren (baseline build)".
+    #[arg(long, value_name = "PATH")]
+    baseline_bin: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -90,6 +96,15 @@ fn selected(names: &[String]) -> Result<Vec<&'static str>> {
 
 async fn run(args: Args) -> Result<()> {
     let names = selected(&args.scenarios)?;
+    if let Some(b) = &args.baseline_bin {
+        if !b.is_file() {
+            bail!("--baseline-bin {} is not a file", b.display());
+        }
+        if !names.contains(&"create") {
+            bail!("--baseline-bin is compared in the create scenario; select create (or all)");
+        }
+    }
+    env::raise_nofile_limit();
     tokio::spawn(async {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -115,7 +130,17 @@ async fn run(args: Args) -> Result<()> {
     // Declared first so it is dropped last: daemon, cgroups and temp dir go
     // after the peers have cleaned up their own state.
     let mut bench_env = BenchEnv::new()?;
-    let machine = report::machine(warren_bin.as_deref());
+    let mut baseline_env = match &args.baseline_bin {
+        Some(_) => Some(BenchEnv::tagged("baseline")?),
+        None => None,
+    };
+    let mut machine = report::machine(warren_bin.as_deref());
+    if let Some(b) = &args.baseline_bin {
+        machine["baseline_build"] = serde_json::json!({
+            "path": b.display().to_string(),
+            "version": report::binary_version(b),
+        });
+    }
     let mut results: Vec<ScenarioResult> = Vec::new();
     let outcome = async {
         let Some(bin) = &warren_bin else {
@@ -127,6 +152,17 @@ async fn run(args: Args) -> Result<()> {
             bench_env.dir.display()
         );
         let client = bench_env.start_daemon(bin).await?;
+        let baseline = match (&mut baseline_env, &args.baseline_bin) {
+            (Some(env), Some(bin)) => {
+                eprintln!(
+                    "warren-bench: baseline daemon {} in {}",
+                    bin.display(),
+                    env.dir.display()
+                );
+                Some(env.start_daemon(bin).await?)
+            }
+            _ => None,
+        };
         let mut peers: Vec<(String, PeerState)> = Vec::new();
         if names.contains(&"create") {
             eprintln!("warren-bench: setting up peers (bwrap, runc, runsc, podman)");
@@ -142,8 +178,11 @@ async fn run(args: Args) -> Result<()> {
         }
         let mut ctx = Ctx {
             client,
+            baseline,
             peers,
             quick: args.quick,
+            warren_cgroup: bench_env.warren_cgroup.clone(),
+            daemon_pid: bench_env.daemon_pid(),
         };
         for name in &names {
             let r = match *name {
@@ -188,15 +227,26 @@ async fn run(args: Args) -> Result<()> {
                     eprintln!("warren-bench: concurrent (16 clients, {total} sandboxes)");
                     scenarios::concurrent(&mut ctx, 16, total).await
                 }
+                "density" => {
+                    eprintln!(
+                        "warren-bench: density (levels {:?} idle sandboxes)",
+                        density::levels(args.quick)
+                    );
+                    density::density(&mut ctx).await
+                }
                 _ => continue,
             };
             match r {
                 Ok(r) => results.push(r),
                 Err(e) => {
+                    let base_tail = baseline_env
+                        .as_ref()
+                        .map(|b| format!("\nbaseline daemon log tail:\n{}", b.daemon_log_tail()))
+                        .unwrap_or_default();
                     return Err(e.context(format!(
-                        "scenario {name} failed; daemon log tail:\n{}",
+                        "scenario {name} failed; daemon log tail:\n{}{base_tail}",
                         bench_env.daemon_log_tail()
-                    )))
+                    )));
                 }
             }
         }
@@ -216,6 +266,7 @@ async fn run(args: Args) -> Result<()> {
     if args.save_baseline && outcome.is_ok() {
         report::write_baseline(&out_dir, &machine, &results)?;
     }
+    drop(baseline_env);
     drop(bench_env);
     outcome
 }

@@ -205,6 +205,14 @@ pub fn print_table(results: &[ScenarioResult]) {
     println!(
         "ratio/W c+e = the same against Warren's create+exec only. >1 means Warren is faster."
     );
+    if results
+        .iter()
+        .flat_map(|r| &r.systems)
+        .any(|s| s.name.contains("baseline build"))
+    {
+        println!("baseline build rows: ratio/W = baseline / current build on the matching row, same round");
+        println!("              (<1 means the current build is slower).");
+    }
     let targets: Vec<(&str, &Target)> = results
         .iter()
         .flat_map(|r| r.targets.iter().map(move |t| (r.scenario.as_str(), t)))
@@ -257,16 +265,7 @@ pub fn machine(warren_bin: Option<&Path>) -> Value {
     } else {
         "v1"
     };
-    let warren_version = warren_bin.and_then(|b| {
-        let out = std::process::Command::new(b)
-            .arg("--version")
-            .output()
-            .ok()?;
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .next()
-            .map(str::to_string)
-    });
+    let warren_version = warren_bin.and_then(binary_version);
     json!({
         "nproc": std::thread::available_parallelism().map(|n| n.get()).ok(),
         "cpu_model": cpu_model,
@@ -282,6 +281,18 @@ pub fn machine(warren_bin: Option<&Path>) -> Value {
             "podman": peers::version("podman"),
         },
     })
+}
+
+/// The first line of `bin --version`.
+pub fn binary_version(bin: &Path) -> Option<String> {
+    let out = std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .map(str::to_string)
 }
 
 /// Writes `<dir>/<scenario>-latest.json` for each result.

@@ -16,7 +16,7 @@ use crate::stats;
 /// Set by ctrl-c / SIGTERM; rounds stop and cleanup runs.
 pub static STOP: AtomicBool = AtomicBool::new(false);
 
-fn check_stop() -> Result<()> {
+pub(crate) fn check_stop() -> Result<()> {
     if STOP.load(Ordering::Relaxed) {
         bail!("interrupted");
     }
@@ -27,7 +27,6 @@ fn check_stop() -> Result<()> {
 pub const UNAVAILABLE: &[&str] = &[
     "fork",
     "snapshot",
-    "density",
     "file-transfer",
     "streaming",
     "port-proxy",
@@ -36,7 +35,7 @@ pub const UNAVAILABLE: &[&str] = &[
     "gvisor-suspend",
 ];
 /// Scenarios that run today, in `all` order.
-pub const AVAILABLE: &[&str] = &["create", "exec", "concurrent"];
+pub const AVAILABLE: &[&str] = &["create", "exec", "concurrent", "density"];
 
 /// Round counts: (warm-up, counted).
 #[derive(Clone, Copy)]
@@ -47,15 +46,21 @@ pub struct Rounds {
 
 pub struct Ctx {
     pub client: Client,
+    /// A second Warren build's daemon (`--baseline-bin`), compared in `create`.
+    pub baseline: Option<Client>,
     pub peers: Vec<(String, PeerState)>,
     pub quick: bool,
+    /// The daemon's cgroup parent (for cgroup accounting in `density`).
+    pub warren_cgroup: String,
+    /// The daemon's pid (for its RSS in `density`).
+    pub daemon_pid: Option<u32>,
 }
 
-fn ms_since(t: Instant) -> f64 {
+pub(crate) fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
 }
 
-fn exec_true() -> ExecRequest {
+pub(crate) fn exec_true() -> ExecRequest {
     ExecRequest {
         cmd: Some(vec!["true".into()]),
         ..Default::default()
@@ -98,15 +103,21 @@ async fn warren_round(client: &Client) -> Result<WarrenRound> {
     })
 }
 
-/// `create`: create → first exec of `true` → delete, interleaved with peers.
+/// `create`: create → first exec of `true` → delete, interleaved with peers
+/// (and with the baseline build's daemon when there is one).
 pub async fn create(ctx: &mut Ctx, rounds: Rounds) -> Result<ScenarioResult> {
-    let n_sys = 1 + ctx.peers.len();
+    // System 0 is Warren, then the baseline build if any, then the peers.
+    let n_base = usize::from(ctx.baseline.is_some());
+    let n_sys = 1 + n_base + ctx.peers.len();
     let total = rounds.warmup + rounds.counted;
     let mut w_full = Vec::new();
     let mut w_create = Vec::new();
     let mut w_exec = Vec::new();
     let mut w_delete = Vec::new();
     let mut w_ce = Vec::new();
+    let mut b_create = Vec::new();
+    let mut b_ce = Vec::new();
+    let mut b_full = Vec::new();
     let mut peer_samples: Vec<Vec<Option<f64>>> = vec![Vec::new(); ctx.peers.len()];
     for round in 0..total {
         check_stop()?;
@@ -125,7 +136,18 @@ pub async fn create(ctx: &mut Ctx, rounds: Rounds) -> Result<ScenarioResult> {
                 }
                 continue;
             }
-            let (_, state) = &mut ctx.peers[which - 1];
+            if which <= n_base {
+                if let Some(base) = &ctx.baseline {
+                    let b = warren_round(base).await.context("baseline build")?;
+                    if counted {
+                        b_create.push(Some(b.create));
+                        b_ce.push(Some(b.create + b.exec));
+                        b_full.push(Some(b.create + b.exec + b.delete));
+                    }
+                }
+                continue;
+            }
+            let (_, state) = &mut ctx.peers[which - 1 - n_base];
             let sample = match state {
                 PeerState::Ready(peer) => {
                     let id = format!("{}-{round}", std::process::id());
@@ -147,7 +169,7 @@ pub async fn create(ctx: &mut Ctx, rounds: Rounds) -> Result<ScenarioResult> {
                 _ => None,
             };
             if counted {
-                peer_samples[which - 1].push(sample);
+                peer_samples[which - 1 - n_base].push(sample);
             }
         }
         if !ctx.quick && (round + 1) % 20 == 0 {
@@ -157,10 +179,64 @@ pub async fn create(ctx: &mut Ctx, rounds: Rounds) -> Result<ScenarioResult> {
     let mut systems = vec![
         SystemResult::new("warren create+exec+delete", "ok".into(), w_full.clone()),
         SystemResult::new("warren create+exec", "ok".into(), w_ce.clone()),
-        SystemResult::new("  warren create", "ok".into(), w_create),
+        SystemResult::new("  warren create", "ok".into(), w_create.clone()),
         SystemResult::new("  warren first exec", "ok".into(), w_exec),
         SystemResult::new("  warren delete", "ok".into(), w_delete),
     ];
+    let mut baseline_targets = Vec::new();
+    let mut baseline_extra = serde_json::Value::Null;
+    if ctx.baseline.is_some() {
+        let p50 = |v: &[Option<f64>]| stats::summarize(v).map(|s| s.p50_ms);
+        let mut rows = Vec::new();
+        let mut summary = serde_json::Map::new();
+        for (label, key, cur, base) in [
+            (
+                "warren (baseline build) create+exec+delete",
+                "create_exec_delete",
+                &w_full,
+                &b_full,
+            ),
+            (
+                "warren (baseline build) create+exec",
+                "create_exec",
+                &w_ce,
+                &b_ce,
+            ),
+            (
+                "  warren (baseline build) create",
+                "create",
+                &w_create,
+                &b_create,
+            ),
+        ] {
+            let mut s = SystemResult::new(label, "ok".into(), base.clone());
+            // baseline / current, per round: < 1 means the current build is slower.
+            s.ratio_vs_warren = stats::pairwise_ratio(base, cur);
+            let (pc, pb) = (p50(cur), p50(base));
+            let r = pc.zip(pb).map(|(c, b)| c / b);
+            if let Some(r) = r {
+                s.note = Some(format!("current/baseline p50 {r:.3}x (budget 1.20x)"));
+            }
+            summary.insert(
+                key.into(),
+                json!({ "current_p50_ms": pc, "baseline_p50_ms": pb, "current_over_baseline_p50": r }),
+            );
+            rows.push(s);
+            if key != "create_exec_delete" {
+                baseline_targets.push(Target::at_most(
+                    &format!(
+                        "{} p50, current build / baseline build",
+                        key.replace('_', "+")
+                    ),
+                    r,
+                    1.2,
+                    "x",
+                ));
+            }
+        }
+        systems.extend(rows);
+        baseline_extra = serde_json::Value::Object(summary);
+    }
     let mut ratios = Vec::new();
     for ((name, state), samples) in ctx.peers.iter().zip(peer_samples) {
         let mut s = SystemResult::new(name, state.status(), samples.clone());
@@ -175,7 +251,7 @@ pub async fn create(ctx: &mut Ctx, rounds: Rounds) -> Result<ScenarioResult> {
     }
     let ce_p50 = systems[1].summary.as_ref().map(|s| s.p50_ms);
     let ratio_of = |peer: &str| ratios.iter().find(|r| r.0 == peer).and_then(|r| r.1);
-    let targets = vec![
+    let mut targets = vec![
         Target::at_most("warren create+exec p50", ce_p50, 10.0, "ms"),
         Target::at_least(
             "runc run / warren create+exec+delete (median per-round ratio)",
@@ -190,6 +266,7 @@ pub async fn create(ctx: &mut Ctx, rounds: Rounds) -> Result<ScenarioResult> {
             "x",
         ),
     ];
+    targets.extend(baseline_targets);
     Ok(ScenarioResult {
         scenario: "create".into(),
         status: "ok".into(),
@@ -204,7 +281,8 @@ pub async fn create(ctx: &mut Ctx, rounds: Rounds) -> Result<ScenarioResult> {
                 "runc": "runc run (bundle: empty rootfs + ro binds of /usr, /etc; symlinks /bin,/lib,...) ; runc delete -f untimed",
                 "runsc": "runsc --network=none run of the same bundle; runsc delete -force untimed",
                 "podman": "podman --runtime runc run --rm --network none <imported tar of /usr/bin/true + libs> /usr/bin/true",
-            }
+            },
+            "baseline_build": baseline_extra,
         }),
     })
 }
