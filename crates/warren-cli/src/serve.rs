@@ -33,6 +33,7 @@ pub async fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCo
         data_dir: data_dir.clone(),
         socket_path,
         listen: args.listen,
+        default_disk_mb: args.default_disk_mb,
     };
     warren_server::serve(config, store, driver, shutdown_signal()).await?;
     tracing::info!("warren daemon stopped");

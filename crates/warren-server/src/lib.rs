@@ -48,6 +48,9 @@ pub struct ServerConfig {
     pub socket_path: PathBuf,
     /// Optional TCP address; requests there need `Authorization: Bearer <key>`.
     pub listen: Option<SocketAddr>,
+    /// Disk bound (MiB) for sandboxes whose request gives no `diskMb`;
+    /// `None` leaves them unbounded.
+    pub default_disk_mb: Option<u64>,
 }
 
 /// What every handler can reach.
@@ -62,8 +65,19 @@ pub struct AppState {
 impl AppState {
     /// State with a new service over `store` and `driver`.
     pub fn new(store: Store, driver: Arc<dyn Driver>) -> Self {
+        Self::with_default_disk_mb(store, driver, None)
+    }
+
+    /// State whose service bounds the disk of sandboxes that ask for no bound.
+    pub fn with_default_disk_mb(
+        store: Store,
+        driver: Arc<dyn Driver>,
+        default_disk_mb: Option<u64>,
+    ) -> Self {
         Self {
-            service: Arc::new(SandboxService::new(store.clone(), driver)),
+            service: Arc::new(
+                SandboxService::new(store.clone(), driver).with_default_disk_mb(default_disk_mb),
+            ),
             store,
         }
     }
@@ -183,7 +197,7 @@ pub async fn serve(
     driver: Arc<dyn Driver>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let state = AppState::new(store, driver);
+    let state = AppState::with_default_disk_mb(store, driver, config.default_disk_mb);
     state
         .service
         .recover()

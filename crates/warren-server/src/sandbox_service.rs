@@ -139,6 +139,8 @@ pub struct RecoveryReport {
 pub struct SandboxService {
     store: Store,
     driver: Arc<dyn Driver>,
+    /// Disk bound for sandboxes whose request has none.
+    default_disk_mb: Option<u64>,
     /// One lock per sandbox, held across each state transition so that, for
     /// example, a delete waits for a create in progress. Exec does not hold it
     /// while the command runs.
@@ -162,8 +164,15 @@ impl SandboxService {
         Self {
             store,
             driver,
+            default_disk_mb: None,
             locks: StdMutex::new(HashMap::new()),
         }
+    }
+
+    /// Bounds the disk of sandboxes created without `diskMb` to this many MiB.
+    pub fn with_default_disk_mb(mut self, default_disk_mb: Option<u64>) -> Self {
+        self.default_disk_mb = default_disk_mb;
+        self
     }
 
     async fn lock(&self, id: &str) -> OwnedMutexGuard<()> {
@@ -219,7 +228,10 @@ impl SandboxService {
     /// Validates the request, creates the sandbox and waits until it runs.
     /// A driver failure leaves the sandbox listed as `failed`.
     pub async fn create(&self, req: CreateSandboxRequest) -> Result<Sandbox, ApiError> {
-        let valid = validate_create(req, &self.driver.capacity())?;
+        let mut valid = validate_create(req, &self.driver.capacity())?;
+        if valid.resources.disk_mb.is_none() {
+            valid.resources.disk_mb = self.default_disk_mb;
+        }
         if !self.driver.has_image(&valid.image) {
             return Err(ApiError::invalid_value(format!(
                 "image {:?} is not available to the {} driver",

@@ -557,3 +557,17 @@ async fn recover_adopts_live_sandboxes_and_fails_dead_ones() {
         .collect();
     assert_eq!(kinds, ["creating", "running", "failed"]);
 }
+
+#[tokio::test]
+async fn the_daemon_default_disk_bound_applies_when_a_request_gives_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    let driver = Arc::new(FakeDriver::default());
+    let app = router(AppState::with_default_disk_mb(store, driver, Some(256)));
+    let (status, body) = create(&app, json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["resources"]["diskMb"], 256);
+    let (status, body) = create(&app, json!({"resources": {"diskMb": 64}})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["resources"]["diskMb"], 64, "an explicit bound wins");
+}

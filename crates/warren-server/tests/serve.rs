@@ -82,6 +82,7 @@ async fn serves_on_a_private_unix_socket_and_recovers_first() {
         data_dir,
         socket_path: socket_path.clone(),
         listen: None,
+        default_disk_mb: None,
     };
     let server = tokio::spawn(serve(
         config,
