@@ -162,6 +162,21 @@ pub(crate) fn build_command(
     cwd: &str,
     user: Option<&str>,
 ) -> Result<Command, String> {
+    let mut cmd = build_command_in(program, args, base_env, extra_env, cwd, user)?;
+    cmd.process_group(0);
+    Ok(cmd)
+}
+
+/// [`build_command`] without the process group (the caller arranges its own
+/// session, as a pty process does with `setsid`).
+pub(crate) fn build_command_in(
+    program: &str,
+    args: &[String],
+    base_env: &[(String, String)],
+    extra_env: &[(String, String)],
+    cwd: &str,
+    user: Option<&str>,
+) -> Result<Command, String> {
     let user_name = user.unwrap_or("root");
     let account = crate::users::resolve_or_create(user_name)
         .map_err(|e| format!("warren: user {user_name}: {e}\n"))?;
@@ -176,7 +191,6 @@ pub(crate) fn build_command(
         ])
         .envs(extra_env.iter().map(|(k, v)| (k, v)))
         .current_dir(cwd)
-        .process_group(0)
         .uid(account.uid)
         .gid(account.gid);
     Ok(cmd)

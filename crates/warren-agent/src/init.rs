@@ -200,6 +200,12 @@ fn serve_frames(
                 pid,
                 signal,
             } => agent.processes.signal(stream, pid, signal, sink),
+            Frame::Resize {
+                stream,
+                pid,
+                cols,
+                rows,
+            } => agent.processes.resize(stream, pid, cols, rows, sink),
             Frame::ListProcesses { stream } => agent.processes.list(stream, sink),
             other => send(
                 &writer,

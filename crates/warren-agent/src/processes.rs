@@ -13,15 +13,16 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{ChildStdin, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use warren_proto::{Frame, OutputChunk, ProcessEntry, SpawnRequest};
+use warren_proto::{Frame, OutputChunk, ProcessEntry, PtySize, SpawnRequest};
 
-use crate::exec::{build_command, pidfd_open, pollfd};
+use crate::exec::{build_command, build_command_in, pidfd_open, pollfd};
 use crate::reaper::{exit_code, Reaper};
 
 /// Output kept per process unless the spawn asks for another size.
@@ -150,6 +151,10 @@ struct Process {
     started_ms: u64,
     has_stdin: bool,
     stdin: Mutex<Option<Sender<StdinOp>>>,
+    /// Runs under a pty.
+    is_pty: bool,
+    /// The pty master (for resizes) until the process exits.
+    pty: Mutex<Option<OwnedFd>>,
     state: Mutex<State>,
 }
 
@@ -167,6 +172,7 @@ impl Process {
             started_ms: self.started_ms,
             ended_ms: state.ended_ms,
             output_bytes: state.output.end(),
+            pty: self.is_pty,
         }
     }
 
@@ -200,6 +206,8 @@ impl Process {
         drop(state);
         // Nobody can write to a finished process.
         lock(&self.stdin).take();
+        // Last copy of the master once the reader and writer are gone.
+        lock(&self.pty).take();
     }
 }
 
@@ -246,23 +254,46 @@ impl ProcessTable {
                 "cannot use {cwd} as working directory: no such directory"
             ));
         }
-        let mut cmd = build_command(
-            program,
-            &req.argv[1..],
-            ctx.env,
-            &req.env,
-            &cwd,
-            req.user.as_deref().or(ctx.user),
-        )
-        .map_err(|m| m.trim_start_matches("warren: ").trim_end().to_string())?;
-        cmd.stdin(if req.stdin {
-            Stdio::piped()
+        let user = req.user.as_deref().or(ctx.user);
+        let mut cmd = if req.pty.is_some() {
+            build_command_in(program, &req.argv[1..], ctx.env, &req.env, &cwd, user)
         } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        let (mut child, exited) = ctx.reaper.spawn(&mut cmd).map_err(|e| match e.kind() {
+            build_command(program, &req.argv[1..], ctx.env, &req.env, &cwd, user)
+        }
+        .map_err(|m| m.trim_start_matches("warren: ").trim_end().to_string())?;
+        let mut master = None;
+        if let Some(size) = req.pty {
+            let (m, slave) = open_pty(size).map_err(|e| format!("open a pty: {e}"))?;
+            let dup = |f: &OwnedFd| f.try_clone().map_err(|e| format!("open a pty: {e}"));
+            cmd.stdin(Stdio::from(dup(&slave)?))
+                .stdout(Stdio::from(dup(&slave)?))
+                .stderr(Stdio::from(slave));
+            if !cmd.get_envs().any(|(k, _)| k == "TERM") {
+                cmd.env("TERM", "xterm-256color");
+            }
+            // SAFETY: setsid and ioctl are async-signal-safe; fd 0 is the slave.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            master = Some(m);
+        } else {
+            cmd.stdin(if req.stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        }
+        let spawned = ctx.reaper.spawn(&mut cmd);
+        // The slave must close here, or the master never sees the hang-up.
+        drop(cmd);
+        let (mut child, exited) = spawned.map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => format!("{program}: command not found"),
             std::io::ErrorKind::PermissionDenied => format!("{program}: permission denied"),
             _ => format!("{program}: {e}"),
@@ -272,14 +303,31 @@ impl ProcessTable {
             .buffer_bytes
             .map_or(DEFAULT_BUFFER_BYTES, |b| b as usize)
             .clamp(MIN_BUFFER_BYTES, MAX_BUFFER_BYTES);
-        let stdin_tx = child.stdin.take().map(stdin_writer);
+        let (stdin_tx, stdout, stderr, pty) = match master {
+            Some(m) => {
+                let clone = |f: &OwnedFd| f.try_clone().map_err(|e| format!("pty: {e}"));
+                let writer = stdin_writer(std::fs::File::from(clone(&m)?), true);
+                (Some(writer), Some(clone(&m)?), None, Some(m))
+            }
+            None => (
+                child
+                    .stdin
+                    .take()
+                    .map(|p| stdin_writer(std::fs::File::from(OwnedFd::from(p)), false)),
+                child.stdout.take().map(OwnedFd::from),
+                child.stderr.take().map(OwnedFd::from),
+                None,
+            ),
+        };
         let process = Arc::new(Process {
             pid,
             tag: req.tag,
             argv: req.argv.clone(),
             started_ms: now_ms(),
-            has_stdin: req.stdin,
+            has_stdin: req.stdin || pty.is_some(),
             stdin: Mutex::new(stdin_tx),
+            is_pty: pty.is_some(),
+            pty: Mutex::new(pty),
             state: Mutex::new(State {
                 output: OutputBuffer::new(cap),
                 subscribers: Vec::new(),
@@ -290,8 +338,6 @@ impl ProcessTable {
         // A recycled pid replaces the finished process that had it.
         lock(&self.procs).insert(pid, Arc::clone(&process));
         lock(&self.finished).retain(|p| *p != pid);
-        let stdout = child.stdout.take().map(OwnedFd::from);
-        let stderr = child.stderr.take().map(OwnedFd::from);
         let deadline = req
             .timeout_ms
             .map(|ms| Instant::now() + Duration::from_millis(ms));
@@ -451,6 +497,36 @@ impl ProcessTable {
         }
     }
 
+    /// Sets a pty process's window size (the kernel then sends SIGWINCH to
+    /// its foreground group).
+    pub fn resize(&self, stream: u64, pid: i32, cols: u16, rows: u16, sink: &Sink) {
+        let Some(process) = self.get(pid) else {
+            sink(&error(stream, "not_found", format!("no process {pid}")));
+            return;
+        };
+        if !process.is_pty {
+            sink(&error(
+                stream,
+                "no_pty",
+                format!("process {pid} does not run under a pty"),
+            ));
+            return;
+        }
+        let master = lock(&process.pty);
+        let Some(master) = master.as_ref() else {
+            sink(&error(
+                stream,
+                "not_running",
+                format!("process {pid} has exited"),
+            ));
+            return;
+        };
+        match set_winsize(master, PtySize { cols, rows }) {
+            Ok(()) => sink(&Frame::Ack { stream }),
+            Err(e) => sink(&error(stream, "invalid", format!("resize {pid}: {e}"))),
+        }
+    }
+
     /// Sends `signal` to the process's group.
     pub fn signal(&self, stream: u64, pid: i32, signal: i32, sink: &Sink) {
         let Some(process) = self.get(pid) else {
@@ -488,18 +564,22 @@ impl ProcessTable {
 }
 
 /// One thread per stdin: writes in order, closes on request (or when every
-/// sender is gone), acknowledges each write after it completed.
-fn stdin_writer(mut pipe: ChildStdin) -> Sender<StdinOp> {
+/// sender is gone), acknowledges each write after it completed. For a pty
+/// (`tty`), "close" types end-of-file (^D) instead of closing the master.
+fn stdin_writer(mut pipe: std::fs::File, tty: bool) -> Sender<StdinOp> {
     let (tx, rx) = channel::<StdinOp>();
     std::thread::spawn(move || {
         while let Ok(StdinOp::Write {
-            data,
+            mut data,
             close,
             stream,
             sink,
         }) = rx.recv()
         {
-            match pipe.write_all(&data).and_then(|()| pipe.flush()) {
+            if close && tty {
+                data.push(4);
+            }
+            match write_all(&mut pipe, &data) {
                 Ok(()) => sink(&Frame::Ack { stream }),
                 Err(e) => {
                     sink(&error(stream, "not_running", format!("write stdin: {e}")));
@@ -512,6 +592,91 @@ fn stdin_writer(mut pipe: ChildStdin) -> Sender<StdinOp> {
         }
     });
     tx
+}
+
+/// `write_all` that also copes with a non-blocking fd (a pty master shares
+/// its reader's O_NONBLOCK): waits for room instead of failing.
+fn write_all(file: &mut std::fs::File, mut data: &[u8]) -> std::io::Result<()> {
+    while !data.is_empty() {
+        match file.write(data) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let mut fd = libc::pollfd {
+                    fd: file.as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: one live pollfd.
+                unsafe { libc::poll(&mut fd, 1, 100) };
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Opens a pseudo-terminal pair on /dev/ptmx with the given window size:
+/// (master, slave). Both are close-on-exec; the child gets the slave as
+/// its stdio through dup2.
+pub fn open_pty(size: PtySize) -> std::io::Result<(OwnedFd, OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: open(2) with a constant NUL-terminated path; a non-negative
+    // result is a fresh fd we own.
+    let fd = unsafe {
+        libc::open(
+            c"/dev/ptmx".as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is fresh and owned by nobody else.
+    let master = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut name = [0 as libc::c_char; 128];
+    // SAFETY: grantpt/unlockpt/ptsname_r on a master we own; name is a live
+    // buffer of the length passed.
+    unsafe {
+        if libc::grantpt(fd) != 0 || libc::unlockpt(fd) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let rc = libc::ptsname_r(fd, name.as_mut_ptr(), name.len());
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc));
+        }
+    }
+    // SAFETY: name is NUL-terminated by ptsname_r; a non-negative result is
+    // a fresh fd we own.
+    let sfd = unsafe {
+        libc::open(
+            name.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if sfd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: sfd is fresh and owned by nobody else.
+    let slave = unsafe { OwnedFd::from_raw_fd(sfd) };
+    set_winsize(&master, size)?;
+    Ok((master, slave))
+}
+
+/// TIOCSWINSZ on a pty master.
+pub fn set_winsize(master: &OwnedFd, size: PtySize) -> std::io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: size.rows,
+        ws_col: size.cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from a live struct.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn nonblocking(fd: Option<OwnedFd>) -> Option<std::fs::File> {
@@ -645,6 +810,41 @@ mod tests {
         assert_eq!(chunks[0], (1, 4, &b"4567"[..]));
         assert_eq!(b.replay(2).0, 2);
         assert_eq!(b.replay(4).0, 0);
+    }
+
+    #[test]
+    fn a_pty_pair_carries_bytes_and_its_size() {
+        // Not every build host has /dev/ptmx usable (containers): skip there.
+        let Ok((master, slave)) = open_pty(PtySize { cols: 91, rows: 17 }) else {
+            return;
+        };
+        let mut ws = libc::winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCGWINSZ writes one winsize into a live struct.
+        let rc = unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
+        assert_eq!(rc, 0);
+        assert_eq!((ws.ws_col, ws.ws_row), (91, 17));
+        set_winsize(
+            &master,
+            PtySize {
+                cols: 100,
+                rows: 30,
+            },
+        )
+        .unwrap();
+        // SAFETY: as above.
+        unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
+        assert_eq!((ws.ws_col, ws.ws_row), (100, 30));
+        let mut m = std::fs::File::from(master);
+        let mut s = std::fs::File::from(slave);
+        write_all(&mut m, b"hi\n").unwrap();
+        let mut buf = [0u8; 16];
+        let n = s.read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"hi\n");
     }
 
     #[test]

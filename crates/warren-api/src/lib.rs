@@ -11,8 +11,8 @@ mod sandbox;
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use exec::{ExecRequest, ExecResult};
 pub use process::{
-    DroppedEventData, ExitEventData, OutputEventData, Process, ProcessList, SignalRequest,
-    StartProcessRequest, StdinRequest, SIGNAL_NAMES,
+    AttachControl, AttachEvent, DroppedEventData, ExitEventData, OutputEventData, Process,
+    ProcessList, PtySize, SignalRequest, StartProcessRequest, StdinRequest, SIGNAL_NAMES,
 };
 pub use sandbox::{
     CreateSandboxRequest, Health, ResolvedResources, Resources, Sandbox, SandboxList, SandboxState,

@@ -41,6 +41,76 @@ pub struct StartProcessRequest {
     /// A free-form label shown in the process list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag: Option<String>,
+    /// Run under a pseudo-terminal of this size: the process gets it as its
+    /// controlling terminal (stdin, stdout, stderr), stdin is always open and
+    /// all output arrives as fd 1. Resize with `POST …/resize`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pty: Option<PtySize>,
+}
+
+/// A terminal window size; also the body of `POST …/processes/{pid}/resize`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PtySize {
+    /// Columns (1..=1000).
+    pub cols: u16,
+    /// Rows (1..=1000).
+    pub rows: u16,
+}
+
+/// A text (JSON) message from the client on `GET …/attach` (WebSocket).
+/// Binary messages are stdin bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AttachControl {
+    /// Set the pty's window size.
+    Resize {
+        /// Columns.
+        cols: u16,
+        /// Rows.
+        rows: u16,
+    },
+    /// Send a signal, by name, to the process's group.
+    Signal {
+        /// For example `SIGINT`.
+        signal: String,
+    },
+    /// Close stdin (for a pty: type end-of-file, ^D).
+    CloseStdin,
+}
+
+/// A text (JSON) message from the server on `GET …/attach` (WebSocket).
+/// Binary messages are output bytes: everything of a pty process, stdout of
+/// others; stderr of a non-pty process comes as an `output` text message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum AttachEvent {
+    /// Output on a fd other than 1 (stderr of a non-pty process).
+    #[serde(rename_all = "camelCase")]
+    Output {
+        /// 2 for stderr.
+        fd: u8,
+        /// The bytes, base64 (standard alphabet, padded).
+        base64: String,
+    },
+    /// Bytes lost because this reader fell behind the process's buffer.
+    Dropped {
+        /// Number of bytes lost.
+        bytes: u64,
+    },
+    /// A request on this socket failed; the socket stays open.
+    Error {
+        /// What went wrong.
+        message: String,
+    },
+    /// The process exited; the server closes the socket next.
+    #[serde(rename_all = "camelCase")]
+    Exit {
+        /// Exit code; `128 + N` when killed by signal N.
+        exit_code: i32,
+        /// True when `timeoutMs` ran out.
+        timed_out: bool,
+    },
 }
 
 /// A process in a sandbox: running, or recently finished (the last 64
@@ -66,6 +136,9 @@ pub struct Process {
     /// True when the process takes input through `POST …/stdin`.
     #[serde(default)]
     pub stdin: bool,
+    /// True when the process runs under a pseudo-terminal.
+    #[serde(default)]
+    pub pty: bool,
     /// Start time, RFC 3339.
     pub started_at: String,
     /// End time, RFC 3339, once exited.

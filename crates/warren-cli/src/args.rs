@@ -88,6 +88,22 @@ pub enum Command {
     /// Run a command in a sandbox; exits with the command's exit code
     /// (with -d: start it in the background and print its pid).
     Exec(ExecArgs),
+    /// Open an interactive login shell (or run CMD) in a sandbox under a
+    /// pseudo-terminal; exits with its exit code.
+    Shell {
+        /// Run as this user instead of the sandbox's default.
+        #[arg(long, short = 'u', value_name = "NAME")]
+        user: Option<String>,
+        /// Sandbox id.
+        id: String,
+        /// The command and its arguments (after `--`); default: a login shell.
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CMD"
+        )]
+        command: Vec<String>,
+    },
     /// List a sandbox's processes (running and recently finished).
     Ps {
         /// Sandbox id.
@@ -255,6 +271,10 @@ pub struct ExecArgs {
     /// With -d: a label shown by `warren ps`.
     #[arg(long, value_name = "TAG", requires = "detach")]
     pub tag: Option<String>,
+    /// Run under a pseudo-terminal of this terminal's size, with the local
+    /// terminal in raw mode (like `warren shell ID -- CMD`).
+    #[arg(long, short = 't', conflicts_with = "detach")]
+    pub tty: bool,
     /// Sandbox id.
     pub id: String,
     /// The command and its arguments (after `--`).
@@ -511,6 +531,26 @@ mod tests {
         assert_eq!(req.timeout_ms, Some(1500));
         assert_eq!(req.cwd.as_deref(), Some("/tmp"));
         assert_eq!(req.env.unwrap()["X"], "1");
+    }
+
+    #[test]
+    fn shell_takes_a_user_and_an_optional_command() {
+        let cli = parse(&["shell", "--user", "agent", "abc"]);
+        let Command::Shell { user, id, command } = cli.command else {
+            panic!("expected shell");
+        };
+        assert_eq!((user.as_deref(), id.as_str()), (Some("agent"), "abc"));
+        assert!(command.is_empty());
+        let cli = parse(&["shell", "abc", "--", "top", "-b"]);
+        let Command::Shell { command, .. } = cli.command else {
+            panic!("expected shell");
+        };
+        assert_eq!(command, ["top", "-b"]);
+        let cli = parse(&["exec", "-t", "abc", "--", "vi"]);
+        let Command::Exec(args) = cli.command else {
+            panic!("expected exec");
+        };
+        assert!(args.tty);
     }
 
     #[test]

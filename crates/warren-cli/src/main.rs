@@ -8,6 +8,7 @@ mod output;
 mod process_commands;
 mod sandbox_commands;
 mod serve;
+mod shell;
 mod spinner;
 
 use std::process::ExitCode;
@@ -75,9 +76,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let client = connect(&global).await?;
             if args.detach {
                 process_commands::start(&client, &args, json).await
+            } else if args.tty {
+                shell::exec_tty(&client, &args).await
             } else {
                 exec_commands::exec(&client, &args, json).await
             }
+        }
+        Command::Shell { user, id, command } => {
+            let client = connect(&global).await?;
+            shell::shell(&client, &id, user, command).await
         }
         Command::Ps { id } => {
             let client = connect(&global).await?;

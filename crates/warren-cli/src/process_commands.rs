@@ -31,6 +31,7 @@ pub async fn start(client: &Client, args: &ExecArgs, json: bool) -> anyhow::Resu
         stdin: None,
         timeout_ms: exec.timeout_ms,
         tag: args.tag.clone(),
+        pty: None,
     };
     let process = client.start_process(&args.id, &request).await?;
     if json {

@@ -25,6 +25,7 @@
 //! `/run/warren/warren.sock`) or over TCP with a bearer API key. Every method
 //! opens its own connection, so a [`Client`] is cheap to clone and share.
 
+mod attach;
 mod error;
 mod process;
 mod routes;
@@ -38,13 +39,15 @@ use hyper::Method;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+pub use attach::{AttachIo, Attached};
 pub use error::ClientError;
 pub use process::{OutputEvent, OutputStream};
 pub use target::{Target, DEFAULT_SOCKET_PATH};
+pub use tokio_tungstenite::tungstenite::Message as WsMessage;
 pub use warren_api::{
-    CreateSandboxRequest, ErrorBody, ErrorDetail, ExecRequest, ExecResult, Health, Process,
-    ProcessList, ResolvedResources, Resources, Sandbox, SandboxList, SandboxState, SignalRequest,
-    StartProcessRequest, StdinRequest, SIGNAL_NAMES,
+    AttachControl, AttachEvent, CreateSandboxRequest, ErrorBody, ErrorDetail, ExecRequest,
+    ExecResult, Health, Process, ProcessList, PtySize, ResolvedResources, Resources, Sandbox,
+    SandboxList, SandboxState, SignalRequest, StartProcessRequest, StdinRequest, SIGNAL_NAMES,
 };
 
 /// Environment variable naming the daemon: `http://host:port` or `unix:/path`.
@@ -257,6 +260,27 @@ impl Client {
         };
         let route = format!("{}/signal", routes::process(id, pid));
         self.send(Method::POST, &route, Some(&req)).await.map(drop)
+    }
+
+    /// `POST /v1/sandboxes/{id}/processes/{pid}/resize`: sets a pty
+    /// process's window size.
+    pub async fn resize_process(
+        &self,
+        id: &str,
+        pid: i32,
+        cols: u16,
+        rows: u16,
+    ) -> Result<(), ClientError> {
+        let req = PtySize { cols, rows };
+        let route = format!("{}/resize", routes::process(id, pid));
+        self.send(Method::POST, &route, Some(&req)).await.map(drop)
+    }
+
+    /// `GET /v1/sandboxes/{id}/processes/{pid}/attach`: a WebSocket carrying
+    /// stdin in and output out, replaying output from byte offset `from`.
+    pub async fn attach(&self, id: &str, pid: i32, from: u64) -> Result<Attached, ClientError> {
+        let route = format!("{}/attach?from={from}", routes::process(id, pid));
+        attach::connect(&self.target, self.api_key.as_deref(), &route).await
     }
 
     /// Sends a request and decodes a JSON success body.

@@ -4,7 +4,8 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use warren_api::{DroppedEventData, ExitEventData, OutputEventData};
+use serde::Deserialize;
+use warren_api::{DroppedEventData, ExitEventData};
 
 use crate::ClientError;
 
@@ -62,6 +63,9 @@ pub(crate) struct SseEvent {
 #[derive(Debug, Default)]
 pub(crate) struct SseParser {
     buf: Vec<u8>,
+    /// How far `buf` is known to hold no event separator: a large event
+    /// arriving in many small reads is scanned once, not once per read.
+    scanned: usize,
 }
 
 impl SseParser {
@@ -73,9 +77,21 @@ impl SseParser {
     /// (keep-alives) and blocks without data are skipped.
     pub(crate) fn next_event(&mut self) -> Option<SseEvent> {
         loop {
-            let end = find_blank_line(&self.buf)?;
-            let block: Vec<u8> = self.buf.drain(..end.1).collect();
-            let text = String::from_utf8_lossy(&block[..end.0]);
+            // A separator is at most 3 bytes: rescan the last two.
+            let from = self.scanned.saturating_sub(2);
+            let Some(end) = find_blank_line(&self.buf[from..]).map(|(a, b)| (a + from, b + from))
+            else {
+                self.scanned = self.buf.len();
+                return None;
+            };
+            self.scanned = 0;
+            // Take the block without copying it (the rest is usually short).
+            let rest = self.buf.split_off(end.1);
+            let block = std::mem::replace(&mut self.buf, rest);
+            let text = match std::str::from_utf8(&block[..end.0]) {
+                Ok(text) => std::borrow::Cow::Borrowed(text),
+                Err(_) => String::from_utf8_lossy(&block[..end.0]),
+            };
             let mut event = SseEvent::default();
             let mut data: Vec<&str> = Vec::new();
             for line in text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)) {
@@ -91,9 +107,16 @@ impl SseParser {
                     _ => {}
                 }
             }
-            if !data.is_empty() {
-                event.data = data.join("\n");
-                return Some(event);
+            match data.as_slice() {
+                [] => {}
+                [one] => {
+                    event.data = (*one).to_owned();
+                    return Some(event);
+                }
+                many => {
+                    event.data = many.join("\n");
+                    return Some(event);
+                }
             }
         }
     }
@@ -101,19 +124,27 @@ impl SseParser {
 
 /// (end of the block, end of the separator) of the first event block.
 fn find_blank_line(buf: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 0;
-    while i < buf.len() {
-        if buf[i] == b'\n' {
-            if buf.get(i + 1) == Some(&b'\n') {
-                return Some((i, i + 2));
-            }
-            if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
-                return Some((i, i + 3));
-            }
+    let mut start = 0;
+    while let Some(pos) = buf[start..].iter().position(|b| *b == b'\n') {
+        let i = start + pos;
+        if buf.get(i + 1) == Some(&b'\n') {
+            return Some((i, i + 2));
         }
-        i += 1;
+        if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
+            return Some((i, i + 3));
+        }
+        start = i + 1;
     }
     None
+}
+
+/// The fields of [`warren_api::OutputEventData`] the client uses: the
+/// exact bytes are in `base64`, so the (lossy, and for binary output much
+/// larger) `text` copy is skipped rather than decoded.
+#[derive(Deserialize)]
+struct OutputWire {
+    fd: u8,
+    base64: String,
 }
 
 fn decode(event: SseEvent) -> Result<Option<OutputEvent>, ClientError> {
@@ -132,7 +163,7 @@ fn decode(event: SseEvent) -> Result<Option<OutputEvent>, ClientError> {
         .ok_or_else(|| bad("missing or non-numeric id"))?;
     match event.event.as_deref() {
         Some("stdout" | "stderr") => {
-            let body: OutputEventData =
+            let body: OutputWire =
                 serde_json::from_str(&event.data).map_err(|e| bad(&e.to_string()))?;
             let data = STANDARD
                 .decode(body.base64.as_bytes())

@@ -155,6 +155,21 @@ pub enum Frame {
         #[serde(default)]
         stream: u64,
     },
+    /// Daemon → agent: set the window size of a pty process (v4); answered `ack`.
+    Resize {
+        /// Stream id.
+        #[serde(default)]
+        stream: u64,
+        /// The process.
+        #[serde(default)]
+        pid: i32,
+        /// Columns.
+        #[serde(default)]
+        cols: u16,
+        /// Rows.
+        #[serde(default)]
+        rows: u16,
+    },
     /// Daemon → agent: list running and recently finished processes.
     ListProcesses {
         /// Stream id.
@@ -201,6 +216,20 @@ pub struct SpawnRequest {
     /// Output buffer size in bytes (agent default when absent).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub buffer_bytes: Option<u64>,
+    /// Run under a pseudo-terminal of this size (v4): stdin, stdout and
+    /// stderr are its slave; output arrives as fd 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pty: Option<PtySize>,
+}
+
+/// A terminal window size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PtySize {
+    /// Columns.
+    pub cols: u16,
+    /// Rows.
+    pub rows: u16,
 }
 
 /// One chunk of output.
@@ -249,6 +278,9 @@ pub struct ProcessEntry {
     pub ended_ms: Option<u64>,
     /// Offset after the last output byte so far.
     pub output_bytes: u64,
+    /// Runs under a pseudo-terminal (v4).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub pty: bool,
 }
 
 /// Run `argv` to completion and report its output.

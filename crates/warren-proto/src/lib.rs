@@ -16,7 +16,7 @@ mod frame;
 pub use codec::{
     decode_body, decode_len, encode, read_frame, write_frame, CodecError, MAX_FRAME_LEN,
 };
-pub use frame::{ExecDone, ExecRequest, Frame, OutputChunk, ProcessEntry, SpawnRequest};
+pub use frame::{ExecDone, ExecRequest, Frame, OutputChunk, ProcessEntry, PtySize, SpawnRequest};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;

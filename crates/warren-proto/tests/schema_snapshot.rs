@@ -1,7 +1,8 @@
 //! Fails when a frame's JSON shape changes without a protocol version bump.
 
 use warren_proto::{
-    ExecDone, ExecRequest, Frame, OutputChunk, ProcessEntry, SpawnRequest, PROTOCOL_VERSION,
+    ExecDone, ExecRequest, Frame, OutputChunk, ProcessEntry, PtySize, SpawnRequest,
+    PROTOCOL_VERSION,
 };
 
 fn samples() -> Vec<Frame> {
@@ -49,7 +50,20 @@ fn samples() -> Vec<Frame> {
             timeout_ms: Some(5000),
             tag: Some("server".into()),
             buffer_bytes: Some(65536),
+            pty: None,
         }),
+        Frame::Spawn(SpawnRequest {
+            stream: 11,
+            argv: vec!["bash".into(), "-l".into()],
+            pty: Some(PtySize { cols: 80, rows: 24 }),
+            ..SpawnRequest::default()
+        }),
+        Frame::Resize {
+            stream: 12,
+            pid: 8,
+            cols: 120,
+            rows: 40,
+        },
         Frame::Spawned { stream: 5, pid: 7 },
         Frame::ProcessOutputRequest {
             stream: 6,
@@ -106,6 +120,7 @@ fn samples() -> Vec<Frame> {
                 started_ms: 1_700_000_000_000,
                 ended_ms: Some(1_700_000_001_000),
                 output_bytes: 18,
+                pty: false,
             }],
         },
     ]

@@ -503,7 +503,7 @@ fn process_error(pid: i32, code: Option<&str>, message: String) -> DriverError {
     match code {
         Some("not_found") => DriverError::ProcessNotFound(pid),
         Some("no_stdin") => DriverError::NoStdin(pid),
-        Some("not_running") => DriverError::ProcessNotRunning(message),
+        Some("not_running") | Some("no_pty") => DriverError::ProcessNotRunning(message),
         Some("invalid") | Some("spawn") => DriverError::Invalid(message),
         _ => DriverError::Agent(message),
     }
@@ -533,6 +533,7 @@ fn info_of(e: warren_proto::ProcessEntry) -> ProcessInfo {
         started_ms: e.started_ms,
         ended_ms: e.ended_ms,
         output_bytes: e.output_bytes,
+        pty: e.pty,
     }
 }
 
@@ -562,7 +563,7 @@ impl ProcessControl for NamespaceDriver {
     async fn spawn(&self, id: &str, spec: SpawnSpec) -> Result<ProcessInfo, DriverError> {
         let conn = self.live_conn(id).await?;
         let argv = spec.argv.clone();
-        let (tag, stdin) = (spec.tag.clone(), spec.stdin);
+        let (tag, stdin, pty) = (spec.tag.clone(), spec.stdin, spec.pty.is_some());
         let answer = conn
             .request(|stream| {
                 Frame::Spawn(warren_proto::SpawnRequest {
@@ -575,6 +576,9 @@ impl ProcessControl for NamespaceDriver {
                     timeout_ms: spec.timeout.map(|t| t.as_millis() as u64),
                     tag: spec.tag,
                     buffer_bytes: spec.buffer_bytes,
+                    pty: spec
+                        .pty
+                        .map(|(cols, rows)| warren_proto::PtySize { cols, rows }),
                 })
             })
             .await?;
@@ -590,7 +594,8 @@ impl ProcessControl for NamespaceDriver {
                         tag,
                         argv,
                         running: true,
-                        stdin,
+                        stdin: stdin || pty,
+                        pty,
                         ..Default::default()
                     }))
             }
@@ -679,6 +684,19 @@ impl ProcessControl for NamespaceDriver {
                 stream,
                 pid,
                 signal,
+            })
+            .await?;
+        ack(pid, answer)
+    }
+
+    async fn resize(&self, id: &str, pid: i32, cols: u16, rows: u16) -> Result<(), DriverError> {
+        let conn = self.live_conn(id).await?;
+        let answer = conn
+            .request(|stream| Frame::Resize {
+                stream,
+                pid,
+                cols,
+                rows,
             })
             .await?;
         ack(pid, answer)

@@ -26,6 +26,9 @@ pub struct SpawnSpec {
     pub tag: Option<String>,
     /// Output buffer size in bytes; `None`: the agent's default (4 MiB).
     pub buffer_bytes: Option<u64>,
+    /// Run under a pseudo-terminal of (cols, rows); stdin is then always open
+    /// and all output arrives as fd 1.
+    pub pty: Option<(u16, u16)>,
 }
 
 /// What the sandbox knows about one process.
@@ -51,6 +54,8 @@ pub struct ProcessInfo {
     pub ended_ms: Option<u64>,
     /// Output bytes produced so far (the offset after the last byte).
     pub output_bytes: u64,
+    /// Runs under a pseudo-terminal.
+    pub pty: bool,
 }
 
 /// One event of a process's output stream.
@@ -119,4 +124,8 @@ pub trait ProcessControl: Send + Sync {
 
     /// Sends a signal (by number) to the process's group.
     async fn signal(&self, id: &str, pid: i32, signal: i32) -> Result<(), DriverError>;
+
+    /// Sets the window size of a pty process; [`DriverError::ProcessNotRunning`]
+    /// when it has no pty or has exited.
+    async fn resize(&self, id: &str, pid: i32, cols: u16, rows: u16) -> Result<(), DriverError>;
 }

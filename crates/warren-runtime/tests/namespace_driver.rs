@@ -744,3 +744,81 @@ async fn background_processes_stream_resume_take_stdin_and_signals() {
     assert_eq!((code, out.as_str()), (0, "still\n"));
     h.destroy("nsproc1").await;
 }
+
+/// Waits until the output of `pid` from `from` contains `needle`; returns
+/// the whole output seen and the offset after it.
+async fn wait_output(
+    pc: &dyn warren_runtime::ProcessControl,
+    id: &str,
+    pid: i32,
+    from: u64,
+    needle: &str,
+) -> (String, u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let rx = pc.subscribe_output(id, pid, from, false).await.unwrap();
+        let (chunks, _, _) = drain(rx).await;
+        let end = chunks.last().map_or(from, |c| c.1 + c.2.len() as u64);
+        let text = joined(&chunks, 1);
+        if text.contains(needle) {
+            return (text, end);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never saw {needle:?} in {text:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pty_processes_see_a_terminal_of_the_requested_size_and_follow_resizes() {
+    require_root!();
+    let h = Harness::new();
+    h.create(&h.spec("nspty1")).await;
+    let pc = h.driver.processes().unwrap();
+
+    let p = pc
+        .spawn(
+            "nspty1",
+            SpawnSpec {
+                argv: vec!["/bin/sh".into()],
+                pty: Some((91, 17)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(p.pty && p.stdin, "{p:?}");
+    pc.write_stdin(
+        "nspty1",
+        p.pid,
+        b"[ -t 0 ] && [ -t 1 ] && echo tty-$((1+1)); stty size\n".to_vec(),
+        false,
+    )
+    .await
+    .unwrap();
+    let (text, end) = wait_output(pc, "nspty1", p.pid, 0, "17 91").await;
+    assert!(text.contains("tty-2"), "{text:?}");
+
+    pc.resize("nspty1", p.pid, 120, 40).await.unwrap();
+    pc.write_stdin("nspty1", p.pid, b"stty size\n".to_vec(), false)
+        .await
+        .unwrap();
+    wait_output(pc, "nspty1", p.pid, end, "40 120").await;
+
+    // Closing stdin of a pty types end-of-file: the shell exits.
+    pc.write_stdin("nspty1", p.pid, Vec::new(), true)
+        .await
+        .unwrap();
+    let rx = pc.subscribe_output("nspty1", p.pid, 0, true).await.unwrap();
+    let (_, _, exit) = drain(rx).await;
+    assert_eq!(exit, Some((0, false)));
+
+    // A process without a pty cannot be resized.
+    let plain = pc.spawn("nspty1", shell_spawn("sleep 5")).await.unwrap();
+    assert!(!plain.pty);
+    let err = pc.resize("nspty1", plain.pid, 80, 24).await.unwrap_err();
+    assert!(matches!(err, DriverError::ProcessNotRunning(_)), "{err:?}");
+    h.destroy("nspty1").await;
+}

@@ -2,6 +2,7 @@
 //! owns state transitions, and the OpenAPI document.
 
 mod api_json;
+mod attach;
 mod auth;
 mod error;
 mod openapi;
@@ -114,6 +115,14 @@ fn build_router(state: AppState, require_key: bool) -> Router {
         .route(
             "/v1/sandboxes/{id}/processes/{pid}/signal",
             post(routes::signal_process),
+        )
+        .route(
+            "/v1/sandboxes/{id}/processes/{pid}/resize",
+            post(routes::resize_process),
+        )
+        .route(
+            "/v1/sandboxes/{id}/processes/{pid}/attach",
+            get(routes::attach_process),
         )
         .route("/healthz", get(routes::healthz))
         .route("/openapi.json", get(routes::openapi_json))

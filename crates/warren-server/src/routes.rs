@@ -1,14 +1,16 @@
 //! HTTP handlers: parsing and status codes only; the service does the work.
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{Path, Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use warren_api::{
-    CreateSandboxRequest, ErrorBody, ErrorCode, ExecRequest, ExecResult, Health, OutputEventData,
-    Process, ProcessList, Sandbox, SandboxList, SignalRequest, StartProcessRequest, StdinRequest,
+    AttachEvent, CreateSandboxRequest, ErrorBody, ErrorCode, ExecRequest, ExecResult, Health,
+    OutputEventData, Process, ProcessList, PtySize, Sandbox, SandboxList, SignalRequest,
+    StartProcessRequest, StdinRequest,
 };
 
 use crate::api_json::ApiJson;
@@ -361,4 +363,86 @@ pub async fn signal_process(
     let pid = parse_pid(&id, &pid)?;
     state.service.signal_process(&id, pid, &req.signal).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Set the window size of a process started with `pty`.
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{id}/processes/{pid}/resize",
+    tag = "processes",
+    params(
+        ("id" = String, Path, description = "Sandbox id"),
+        ("pid" = i32, Path, description = "Process id inside the sandbox"),
+    ),
+    request_body = PtySize,
+    responses(
+        (status = 204, description = "Resized (the process gets SIGWINCH)"),
+        (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 404, description = "No such sandbox or process", body = ErrorBody),
+        (status = 409, description = "The process has no pty, or has exited", body = ErrorBody),
+        (status = 422, description = "cols or rows outside 1..=1000", body = ErrorBody),
+    )
+)]
+pub async fn resize_process(
+    State(state): State<AppState>,
+    Path((id, pid)): Path<(String, String)>,
+    ApiJson(req): ApiJson<PtySize>,
+) -> Result<StatusCode, ApiError> {
+    let pid = parse_pid(&id, &pid)?;
+    state.service.resize_process(&id, pid, req).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Query of `GET …/attach`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachQuery {
+    /// Replay output from this byte offset (default 0: everything kept).
+    from: Option<u64>,
+}
+
+/// Attach to a process over a WebSocket: stdin in, output out.
+///
+/// Client → server: binary messages are stdin bytes; text messages are JSON
+/// `AttachControl` (`{"type":"resize","cols":N,"rows":N}`,
+/// `{"type":"signal","signal":"SIGINT"}`, `{"type":"close_stdin"}`).
+/// Server → client: binary messages are output bytes (all output of a pty
+/// process; stdout of others), text messages are JSON `AttachEvent`
+/// (`output` with base64 stderr of a non-pty process, `dropped`, `error`,
+/// then `exit`, after which the socket closes). The process never waits for
+/// this reader: a slow reader loses only its own stream (with a counted
+/// `dropped`), and a client that leaves leaves the process running.
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes/{id}/processes/{pid}/attach",
+    tag = "processes",
+    params(
+        ("id" = String, Path, description = "Sandbox id"),
+        ("pid" = i32, Path, description = "Process id inside the sandbox"),
+        ("from" = Option<u64>, Query, description = "Replay output from this byte offset (default 0)"),
+    ),
+    responses(
+        (status = 101, description = "Switched to the WebSocket protocol", body = AttachEvent),
+        (status = 400, description = "Not a WebSocket upgrade, or a bad query", body = ErrorBody),
+        (status = 404, description = "No such sandbox or process", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running", body = ErrorBody),
+    )
+)]
+pub async fn attach_process(
+    State(state): State<AppState>,
+    Path((id, pid)): Path<(String, String)>,
+    query: Result<Query<AttachQuery>, QueryRejection>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::invalid_request(e.body_text()))?;
+    let pid = parse_pid(&id, &pid)?;
+    let ws = ws.map_err(|e| {
+        ApiError::invalid_request(format!(
+            "attach needs a WebSocket upgrade: {}",
+            e.body_text()
+        ))
+    })?;
+    let from = query.from.unwrap_or(0);
+    let rx = state.service.process_output(&id, pid, from, true).await?;
+    Ok(ws.on_upgrade(move |socket| crate::attach::run(socket, state, id, pid, from, rx)))
 }

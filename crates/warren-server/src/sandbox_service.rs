@@ -74,10 +74,21 @@ pub fn process_to_api(info: &ProcessInfo) -> Process {
         exit_code: info.exit_code,
         timed_out: info.timed_out,
         stdin: info.stdin,
+        pty: info.pty,
         started_at: rfc3339_ms(info.started_ms),
         ended_at: info.ended_ms.map(rfc3339_ms),
         output_bytes: info.output_bytes,
     }
+}
+
+/// A window size both of whose sides are within 1..=1000.
+fn valid_pty_size(size: warren_api::PtySize) -> Result<(u16, u16), ApiError> {
+    if !(1..=1000).contains(&size.cols) || !(1..=1000).contains(&size.rows) {
+        return Err(ApiError::invalid_value(
+            "pty cols and rows must be between 1 and 1000",
+        ));
+    }
+    Ok((size.cols, size.rows))
 }
 
 /// Filters for listing sandboxes.
@@ -448,6 +459,10 @@ impl SandboxService {
                 ));
             }
         }
+        let pty = match req.pty {
+            Some(size) => Some(valid_pty_size(size)?),
+            None => None,
+        };
         let spec = validate_exec(
             ExecRequest {
                 cmd: req.cmd,
@@ -470,6 +485,7 @@ impl SandboxService {
             timeout: spec.timeout,
             tag,
             buffer_bytes: None,
+            pty,
         };
         match control.spawn(id, spawn).await {
             Ok(info) => Ok(process_to_api(&info)),
@@ -529,6 +545,21 @@ impl SandboxService {
     ) -> Result<(), ApiError> {
         let (_, control) = self.processes_of(id).await?;
         match control.write_stdin(id, pid, data, close).await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.process_error(id, e).await),
+        }
+    }
+
+    /// Sets a pty process's window size; 409 for a process without a pty.
+    pub async fn resize_process(
+        &self,
+        id: &str,
+        pid: i32,
+        size: warren_api::PtySize,
+    ) -> Result<(), ApiError> {
+        let (cols, rows) = valid_pty_size(size)?;
+        let (_, control) = self.processes_of(id).await?;
+        match control.resize(id, pid, cols, rows).await {
             Ok(()) => Ok(()),
             Err(e) => Err(self.process_error(id, e).await),
         }
