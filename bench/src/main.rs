@@ -7,6 +7,7 @@ mod peers;
 mod report;
 mod scenarios;
 mod stats;
+mod streaming;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,9 +25,9 @@ use crate::scenarios::{Ctx, Rounds, AVAILABLE, UNAVAILABLE};
 #[derive(Debug, Parser)]
 #[command(name = "warren-bench")]
 struct Args {
-    /// `all`, or scenario names: create, exec, concurrent, density (and the
-    /// not yet available fork, snapshot, file-transfer, streaming,
-    /// port-proxy, warm-pool, pause-resume, gvisor-suspend).
+    /// `all`, or scenario names: create, exec, streaming, concurrent, density
+    /// (and the not yet available fork, snapshot, file-transfer, port-proxy,
+    /// warm-pool, pause-resume, gvisor-suspend).
     #[arg(required = true, value_name = "SCENARIO")]
     scenarios: Vec<String>,
     /// One counted round of each scenario, no warm-up (CI smoke run).
@@ -183,6 +184,8 @@ async fn run(args: Args) -> Result<()> {
             quick: args.quick,
             warren_cgroup: bench_env.warren_cgroup.clone(),
             daemon_pid: bench_env.daemon_pid(),
+            tmp: bench_env.dir.clone(),
+            peer_cgroup: bench_env.peer_cgroup.clone(),
         };
         for name in &names {
             let r = match *name {
@@ -221,6 +224,14 @@ async fn run(args: Args) -> Result<()> {
                         rounds.warmup, rounds.counted
                     );
                     scenarios::exec(&mut ctx, rounds).await
+                }
+                "streaming" => {
+                    eprintln!(
+                        "warren-bench: streaming ({} rounds of {} MiB)",
+                        streaming::rounds(args.quick),
+                        streaming::size(args.quick) >> 20
+                    );
+                    streaming::streaming(&mut ctx).await
                 }
                 "concurrent" => {
                     let total = if args.quick { 16 } else { 64 };

@@ -332,14 +332,18 @@ impl Drop for Podman {
     }
 }
 
-fn tiny_rootfs_tar(dir: &Path) -> Result<PathBuf> {
+fn tiny_rootfs_tar(dir: &Path, bins: &[&str]) -> Result<PathBuf> {
     let fsdir = dir.join("rootfs");
-    let true_bin = Path::new("/usr/bin/true");
-    let mut files = vec![true_bin.to_path_buf()];
-    let ldd = run_ok(Command::new("ldd").arg(true_bin)).context("ldd /usr/bin/true")?;
-    for tok in String::from_utf8_lossy(&ldd.stdout).split_whitespace() {
-        if tok.starts_with('/') {
-            files.push(PathBuf::from(tok));
+    let mut files = Vec::new();
+    for bin in bins {
+        let bin = Path::new(bin);
+        files.push(bin.to_path_buf());
+        let ldd = run_ok(Command::new("ldd").arg(bin))
+            .with_context(|| format!("ldd {}", bin.display()))?;
+        for tok in String::from_utf8_lossy(&ldd.stdout).split_whitespace() {
+            if tok.starts_with('/') && !files.iter().any(|f| f == Path::new(tok)) {
+                files.push(PathBuf::from(tok));
+            }
         }
     }
     for f in &files {
@@ -374,7 +378,7 @@ pub fn podman(tmp: &Path, cgroup_parent: &str) -> PeerState {
     let setup = || -> Result<Podman> {
         let dir = tmp.join("podman");
         fs::create_dir_all(&dir)?;
-        let tar = tiny_rootfs_tar(&dir)?;
+        let tar = tiny_rootfs_tar(&dir, &["/usr/bin/true"])?;
         let base_args: Vec<String> = vec![
             "--root".into(),
             dir.join("storage").to_string_lossy().into(),
@@ -413,6 +417,170 @@ pub fn podman(tmp: &Path, cgroup_parent: &str) -> PeerState {
         };
         run_ok(p.cmd().arg("import").arg(&tar).arg(&image)).context("podman import")?;
         Ok(p)
+    };
+    match setup() {
+        Ok(p) => probe(Box::new(p)),
+        Err(e) => PeerState::Failed(first_line(&format!("{e:#}"))),
+    }
+}
+
+// ---------------------------------------------------------------- exec peers
+
+/// `runc exec` of `true` in one long-running container (`sleep infinity`)
+/// built from the same kind of bundle as [`Runc`].
+pub struct RuncExec {
+    bin: PathBuf,
+    state: PathBuf,
+    name: String,
+}
+
+impl Peer for RuncExec {
+    fn round(&mut self, _id: &str) -> Result<()> {
+        run_ok(
+            Command::new(&self.bin)
+                .arg("--root")
+                .arg(&self.state)
+                .args(["exec", &self.name, "true"]),
+        )?;
+        Ok(())
+    }
+}
+
+impl Drop for RuncExec {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.bin)
+            .arg("--root")
+            .arg(&self.state)
+            .args(["delete", "-f", &self.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Starts `sleep infinity` detached in a runc container for [`RuncExec`].
+pub fn runc_exec(tmp: &Path, cgroup_parent: &str) -> PeerState {
+    let Some(bin) = which("runc") else {
+        return PeerState::Missing("runc not installed (apt: runc)".into());
+    };
+    let setup = || -> Result<RuncExec> {
+        let dir = tmp.join("runc-exec");
+        let mut bundle = Bundle::create(&bin, &dir.join("bundle"), cgroup_parent)?;
+        bundle.base["process"]["args"] = json!(["sleep", "infinity"]);
+        let name = format!("wb-exec-{}", std::process::id());
+        bundle.prepare(&name, "runc-exec")?;
+        let peer = RuncExec {
+            bin: bin.clone(),
+            state: dir.join("state"),
+            name,
+        };
+        // Detached: the container must not hold our pipes.
+        let status = Command::new(&bin)
+            .arg("--root")
+            .arg(&peer.state)
+            .args(["run", "-d", "--bundle"])
+            .arg(&bundle.dir)
+            .arg(&peer.name)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("runc run -d")?;
+        if !status.success() {
+            bail!("runc run -d of sleep infinity exited with {status}");
+        }
+        Ok(peer)
+    };
+    match setup() {
+        Ok(p) => probe(Box::new(p)),
+        Err(e) => PeerState::Failed(first_line(&format!("{e:#}"))),
+    }
+}
+
+/// `podman exec` of `true` in one long-running container (`sleep infinity`)
+/// of an imported tiny rootfs (`true`, `sleep` and their libraries).
+pub struct PodmanExec {
+    podman: Podman,
+    name: String,
+}
+
+impl Peer for PodmanExec {
+    fn round(&mut self, _id: &str) -> Result<()> {
+        run_ok(
+            self.podman
+                .cmd()
+                .args(["exec", &self.name, "/usr/bin/true"]),
+        )?;
+        Ok(())
+    }
+}
+
+impl Drop for PodmanExec {
+    fn drop(&mut self) {
+        let _ = self
+            .podman
+            .cmd()
+            .args(["rm", "-f", "-t", "0", &self.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        // Then `Podman`'s drop resets the private storage.
+    }
+}
+
+/// Starts the container for [`PodmanExec`].
+pub fn podman_exec(tmp: &Path, cgroup_parent: &str) -> PeerState {
+    let Some(bin) = which("podman") else {
+        return PeerState::Missing("podman not installed (apt: podman)".into());
+    };
+    if which("runc").is_none() {
+        return PeerState::Missing("podman --runtime runc needs runc (apt: runc)".into());
+    }
+    let setup = || -> Result<PodmanExec> {
+        let dir = tmp.join("podman-exec");
+        fs::create_dir_all(&dir)?;
+        let tar = tiny_rootfs_tar(&dir, &["/usr/bin/true", "/usr/bin/sleep"])?;
+        let base_args: Vec<String> = vec![
+            "--root".into(),
+            dir.join("storage").to_string_lossy().into(),
+            "--runroot".into(),
+            dir.join("run").to_string_lossy().into(),
+            "--tmpdir".into(),
+            dir.join("tmp").to_string_lossy().into(),
+            "--cgroup-manager".into(),
+            "cgroupfs".into(),
+            "--events-backend".into(),
+            "file".into(),
+        ];
+        let image = "localhost/warren-bench-sleep:latest";
+        let podman = Podman {
+            bin: bin.clone(),
+            base_args,
+            run_args: Vec::new(),
+        };
+        run_ok(podman.cmd().arg("import").arg(&tar).arg(image)).context("podman import")?;
+        let name = format!("wb-exec-{}", std::process::id());
+        run_ok(podman.cmd().args([
+            "--runtime",
+            "runc",
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--network",
+            "none",
+            "--cgroup-parent",
+            &format!("/{cgroup_parent}/podman-exec"),
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+            image,
+            "/usr/bin/sleep",
+            "infinity",
+        ]))
+        .context("podman run -d")?;
+        Ok(PodmanExec { podman, name })
     };
     match setup() {
         Ok(p) => probe(Box::new(p)),

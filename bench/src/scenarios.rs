@@ -28,14 +28,13 @@ pub const UNAVAILABLE: &[&str] = &[
     "fork",
     "snapshot",
     "file-transfer",
-    "streaming",
     "port-proxy",
     "warm-pool",
     "pause-resume",
     "gvisor-suspend",
 ];
 /// Scenarios that run today, in `all` order.
-pub const AVAILABLE: &[&str] = &["create", "exec", "concurrent", "density"];
+pub const AVAILABLE: &[&str] = &["create", "exec", "streaming", "concurrent", "density"];
 
 /// Round counts: (warm-up, counted).
 #[derive(Clone, Copy)]
@@ -54,6 +53,10 @@ pub struct Ctx {
     pub warren_cgroup: String,
     /// The daemon's pid (for its RSS in `density`).
     pub daemon_pid: Option<u32>,
+    /// Temporary directory for peers' state.
+    pub tmp: std::path::PathBuf,
+    /// Cgroup parent for the peers' containers.
+    pub peer_cgroup: String,
 }
 
 pub(crate) fn ms_since(t: Instant) -> f64 {
@@ -287,50 +290,87 @@ pub async fn create(ctx: &mut Ctx, rounds: Rounds) -> Result<ScenarioResult> {
     })
 }
 
-/// `exec`: exec round trip of `true` on one running sandbox vs spawning
-/// `true` on the host (the floor).
+/// `exec`: exec round trip of `true` on one running sandbox, interleaved
+/// with spawning `true` on the host (the floor) and with `runc exec` /
+/// `podman exec` of `true` in one running container each.
 pub async fn exec(ctx: &mut Ctx, rounds: Rounds) -> Result<ScenarioResult> {
+    eprintln!("  starting long-running runc and podman containers (sleep infinity)");
+    let mut peers: Vec<(String, PeerState)> = vec![
+        (
+            "runc exec".into(),
+            crate::peers::runc_exec(&ctx.tmp, &ctx.peer_cgroup),
+        ),
+        (
+            "podman exec".into(),
+            crate::peers::podman_exec(&ctx.tmp, &ctx.peer_cgroup),
+        ),
+    ];
+    for (name, state) in &peers {
+        eprintln!("  {name}: {}", state.status());
+    }
     let sb = ctx
         .client
         .create_sandbox(&CreateSandboxRequest::default())
         .await
         .context("warren create")?;
-    let result = exec_rounds(&ctx.client, &sb.id, rounds).await;
+    let result = exec_rounds(&ctx.client, &sb.id, rounds, &mut peers).await;
     let deleted = ctx.client.delete_sandbox(&sb.id).await;
-    let (warren, host) = result?;
+    let (warren, host, peer_samples) = result?;
     deleted.context("warren delete")?;
     let w = SystemResult::new("warren exec round trip", "ok".into(), warren.clone());
     let mut h = SystemResult::new("host spawn of true (floor)", "ok".into(), host.clone());
     h.ratio_vs_warren = stats::pairwise_ratio(&host, &warren);
     let p50 = w.summary.as_ref().map(|s| s.p50_ms);
+    let mut systems = vec![w, h];
+    for ((name, state), samples) in peers.iter().zip(peer_samples) {
+        let mut s = SystemResult::new(name, state.status(), samples.clone());
+        s.ratio_vs_warren = stats::pairwise_ratio(&samples, &warren);
+        systems.push(s);
+    }
+    // Containers go before the daemon and the temp dir.
+    drop(peers);
     Ok(ScenarioResult {
         scenario: "exec".into(),
         status: "ok".into(),
         quick: ctx.quick,
         warmup: rounds.warmup,
         rounds: rounds.counted,
-        systems: vec![w, h],
+        systems,
         targets: vec![Target::at_most(
             "warren exec round trip p50",
             p50,
             2.0,
             "ms",
         )],
-        extra: serde_json::Value::Null,
+        extra: json!({
+            "peer_commands": {
+                "runc exec": "runc exec <container> true; container: runc run -d of the create scenario's bundle with args sleep infinity",
+                "podman exec": "podman exec <container> /usr/bin/true; container: podman --runtime runc run -d --network none of an imported tar of true + sleep + libs, /usr/bin/sleep infinity",
+            },
+        }),
     })
 }
 
 type Samples = Vec<Option<f64>>;
 
-async fn exec_rounds(client: &Client, id: &str, rounds: Rounds) -> Result<(Samples, Samples)> {
+async fn exec_rounds(
+    client: &Client,
+    id: &str,
+    rounds: Rounds,
+    peers: &mut [(String, PeerState)],
+) -> Result<(Samples, Samples, Vec<Samples>)> {
     let mut warren = Vec::new();
     let mut host = Vec::new();
+    let mut peer_samples: Vec<Samples> = vec![Vec::new(); peers.len()];
     let req = exec_true();
+    let n_sys = 2 + peers.len();
     for round in 0..rounds.warmup + rounds.counted {
         check_stop()?;
         let counted = round >= rounds.warmup;
-        for k in 0..2 {
-            if (round + k) % 2 == 0 {
+        // Rotate who goes first so order effects spread evenly.
+        for k in 0..n_sys {
+            let which = (round + k) % n_sys;
+            if which == 0 {
                 let t = Instant::now();
                 let r = client.exec(id, &req).await.context("warren exec")?;
                 let took = ms_since(t);
@@ -340,7 +380,7 @@ async fn exec_rounds(client: &Client, id: &str, rounds: Rounds) -> Result<(Sampl
                 if counted {
                     warren.push(Some(took));
                 }
-            } else {
+            } else if which == 1 {
                 let t = Instant::now();
                 let st = std::process::Command::new("true")
                     .status()
@@ -349,10 +389,33 @@ async fn exec_rounds(client: &Client, id: &str, rounds: Rounds) -> Result<(Sampl
                 if counted {
                     host.push(st.success().then_some(took));
                 }
+            } else {
+                let (_, state) = &mut peers[which - 2];
+                let sample = match state {
+                    PeerState::Ready(peer) => {
+                        let t = Instant::now();
+                        let r = peer.round(id);
+                        let took = ms_since(t);
+                        match r {
+                            Ok(()) => Some(took),
+                            Err(e) => {
+                                *state = PeerState::Failed(format!(
+                                    "round {round}: {}",
+                                    first_line(&e.to_string())
+                                ));
+                                None
+                            }
+                        }
+                    }
+                    _ => None,
+                };
+                if counted {
+                    peer_samples[which - 2].push(sample);
+                }
             }
         }
     }
-    Ok((warren, host))
+    Ok((warren, host, peer_samples))
 }
 
 /// `concurrent`: `workers` clients create+exec+delete `total` sandboxes.
