@@ -175,20 +175,25 @@ impl Bundle {
     }
 }
 
-/// `runc run` (create + start + wait + destroy) of `true`.
-pub struct Runc {
+/// An OCI runtime (`runc`, or `runsc` for gVisor) running `true` from a bundle
+/// over the same rootfs, one fresh container id per round.
+pub struct OciRuntime {
     bin: PathBuf,
-    state: PathBuf,
+    /// Global flags before the subcommand (`--root DIR`, `--network=none`, …).
+    global_args: Vec<String>,
     bundle: Bundle,
+    /// Prefix of this runtime's per-round cgroup path in the bundle.
+    name: &'static str,
+    /// The runtime's spelling of "force" for `delete`.
+    delete_force: &'static str,
 }
 
-impl Peer for Runc {
+impl Peer for OciRuntime {
     fn round(&mut self, id: &str) -> Result<()> {
-        self.bundle.prepare(id, "runc")?;
+        self.bundle.prepare(id, self.name)?;
         run_ok(
             Command::new(&self.bin)
-                .arg("--root")
-                .arg(&self.state)
+                .args(&self.global_args)
                 .arg("run")
                 .arg("--bundle")
                 .arg(&self.bundle.dir)
@@ -199,26 +204,31 @@ impl Peer for Runc {
 
     fn after_round(&mut self, id: &str) {
         let _ = Command::new(&self.bin)
-            .arg("--root")
-            .arg(&self.state)
-            .args(["delete", "-f", &format!("wb-{id}")])
+            .args(&self.global_args)
+            .args(["delete", self.delete_force, &format!("wb-{id}")])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
     }
 }
 
+fn root_arg(state: &Path) -> Vec<String> {
+    vec!["--root".to_string(), state.display().to_string()]
+}
+
 pub fn runc(tmp: &Path, cgroup_parent: &str) -> PeerState {
     let Some(bin) = which("runc") else {
         return PeerState::Missing("runc not installed (apt: runc)".into());
     };
-    let setup = || -> Result<Runc> {
+    let setup = || -> Result<OciRuntime> {
         let dir = tmp.join("runc");
         let bundle = Bundle::create(&bin, &dir.join("bundle"), cgroup_parent)?;
-        Ok(Runc {
+        Ok(OciRuntime {
             bin: bin.clone(),
-            state: dir.join("state"),
+            global_args: root_arg(&dir.join("state")),
             bundle,
+            name: "runc",
+            delete_force: "-f",
         })
     };
     match setup() {
@@ -228,41 +238,6 @@ pub fn runc(tmp: &Path, cgroup_parent: &str) -> PeerState {
 }
 
 /// `runsc run` (gVisor) of the same kind of bundle.
-pub struct Runsc {
-    bin: PathBuf,
-    state: PathBuf,
-    bundle: Bundle,
-    extra: Vec<String>,
-}
-
-impl Peer for Runsc {
-    fn round(&mut self, id: &str) -> Result<()> {
-        self.bundle.prepare(id, "runsc")?;
-        run_ok(
-            Command::new(&self.bin)
-                .arg("--root")
-                .arg(&self.state)
-                .arg("--network=none")
-                .args(&self.extra)
-                .arg("run")
-                .arg("--bundle")
-                .arg(&self.bundle.dir)
-                .arg(format!("wb-{id}")),
-        )?;
-        Ok(())
-    }
-
-    fn after_round(&mut self, id: &str) {
-        let _ = Command::new(&self.bin)
-            .arg("--root")
-            .arg(&self.state)
-            .args(["delete", "-force", &format!("wb-{id}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
 pub fn runsc(tmp: &Path, cgroup_parent: &str) -> PeerState {
     let Some(bin) = which("runsc") else {
         return PeerState::Missing("runsc not installed (apt: runsc)".into());
@@ -274,14 +249,18 @@ pub fn runsc(tmp: &Path, cgroup_parent: &str) -> PeerState {
     let mut last = String::new();
     // Plain first; then without cgroups (some hosts refuse runsc's cgroup setup).
     for extra in [vec![], vec!["--ignore-cgroups".to_string()]] {
-        let setup = || -> Result<Runsc> {
+        let setup = || -> Result<OciRuntime> {
             let dir = tmp.join(format!("runsc{}", extra.len()));
             let bundle = Bundle::create(&runc_bin, &dir.join("bundle"), cgroup_parent)?;
-            Ok(Runsc {
+            let mut global_args = root_arg(&dir.join("state"));
+            global_args.push("--network=none".to_string());
+            global_args.extend(extra.iter().cloned());
+            Ok(OciRuntime {
                 bin: bin.clone(),
-                state: dir.join("state"),
+                global_args,
                 bundle,
-                extra: extra.clone(),
+                name: "runsc",
+                delete_force: "-force",
             })
         };
         match setup() {
@@ -427,7 +406,7 @@ pub fn podman(tmp: &Path, cgroup_parent: &str) -> PeerState {
 // ---------------------------------------------------------------- exec peers
 
 /// `runc exec` of `true` in one long-running container (`sleep infinity`)
-/// built from the same kind of bundle as [`Runc`].
+/// built from the same kind of bundle as [`OciRuntime`].
 pub struct RuncExec {
     bin: PathBuf,
     state: PathBuf,
