@@ -215,3 +215,77 @@ fn assert_host_opens_files() {
     let files: Vec<_> = (0..64).map(|_| tempfile::tempfile()).collect();
     assert!(files.iter().all(Result::is_ok), "host cannot open files");
 }
+
+/// How often the sandbox's pids limit refused a fork.
+fn limit_hits(d: &Daemon, id: &str) -> u64 {
+    cgroup_file(d, id, "pids.events")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("max "))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0)
+}
+
+fn pids_current(d: &Daemon, id: &str) -> u64 {
+    cgroup_file(d, id, "pids.current")
+        .map(|s| s.trim().parse().unwrap())
+        .expect("pids cgroup")
+}
+
+/// Processes holding every pid slot of the sandbox cannot take down its
+/// agent (PID 1, whose threads count against the same limit): requests made
+/// meanwhile fail with an error instead of killing it, and once the holders
+/// are gone the same sandbox runs commands and serves files again.
+#[test]
+fn pid_exhaustion_does_not_kill_the_agent() {
+    require_root!();
+    let d = Daemon::start();
+    let id = d.create(&["--pids", "32"]);
+    let started = d.warren(&[
+        "exec",
+        "-d",
+        &id,
+        "--",
+        "/usr/bin/python3",
+        "-c",
+        "import os, time\n\
+         while True:\n    \
+             try:\n        pid = os.fork()\n    \
+             except OSError:\n        time.sleep(0.05); continue\n    \
+             if pid == 0:\n        time.sleep(600); os._exit(0)\n",
+    ]);
+    assert!(started.status.success(), "{started:?}");
+    let holder = String::from_utf8_lossy(&started.stdout).trim().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while limit_hits(&d, &id) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pids never filled: {} in use",
+            pids_current(&d, &id)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // While the limit is reached: each request ends (no hang), the daemon
+    // stays up; whether a request succeeds depends on a free slot.
+    let _ = d.warren(&["exec", "--timeout", "5", &id, "--", "true"]);
+    let _ = d.warren(&["files", "stat", &id, "/"]);
+    let killed = d.warren(&["kill", &id, &holder, "--signal", "SIGKILL"]);
+    assert!(killed.status.success(), "{killed:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while pids_current(&d, &id) > 8 {
+        assert!(std::time::Instant::now() < deadline, "holders never exited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let alive = d.warren(&["exec", &id, "--", "echo", "alive"]);
+    assert_eq!(
+        String::from_utf8_lossy(&alive.stdout).trim(),
+        "alive",
+        "{alive:?}\n{}",
+        d.log()
+    );
+    let stat = d.warren(&["files", "stat", "--json", &id, "/workspace"]);
+    assert!(stat.status.success(), "{stat:?}");
+    let inspect = d.warren_json(&["inspect", &id]);
+    assert_eq!(inspect["state"], "running", "{inspect}");
+    assert_host_and_daemon_healthy(&d);
+}

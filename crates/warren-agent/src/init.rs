@@ -70,7 +70,15 @@ pub fn run(config_json: &str) -> i32 {
         match conn {
             Ok(stream) => {
                 let agent = Arc::clone(&agent);
-                std::thread::spawn(move || serve_connection(&agent, stream));
+                // The agent's threads count against the sandbox's pids limit:
+                // when it is exhausted, refuse this connection (the daemon
+                // sees it closed) instead of panicking PID 1.
+                let spawned =
+                    std::thread::Builder::new().spawn(move || serve_connection(&agent, stream));
+                if let Err(e) = spawned {
+                    eprintln!("warren-agent: no thread for a connection: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
             }
             Err(e) => eprintln!("warren-agent: accept: {e}"),
         }
@@ -158,8 +166,9 @@ fn serve_frames(
         match frame {
             Frame::Exec(req) => {
                 let agent = Arc::clone(agent);
-                let writer = Arc::clone(&writer);
-                std::thread::spawn(move || {
+                let stream = req.stream;
+                let thread_writer = Arc::clone(&writer);
+                let spawned = std::thread::Builder::new().spawn(move || {
                     let done = crate::exec::run(
                         req,
                         &agent.env,
@@ -167,8 +176,23 @@ fn serve_frames(
                         agent.user.as_deref(),
                         &agent.reaper,
                     );
-                    send(&writer, &Frame::ExecDone(done));
+                    send(&thread_writer, &Frame::ExecDone(done));
                 });
+                if let Err(e) = spawned {
+                    // The sandbox's pids limit is exhausted: say so instead
+                    // of panicking this connection's thread.
+                    send(
+                        &writer,
+                        &Frame::Error {
+                            stream: Some(stream),
+                            message: format!(
+                                "cannot start the command: the sandbox is out of processes \
+                                 (pids limit reached): {e}"
+                            ),
+                            code: Some("resource_exhausted".into()),
+                        },
+                    );
+                }
             }
             Frame::Ping { stream } => send(&writer, &Frame::Pong { stream }),
             Frame::Spawn(req) => {
@@ -207,6 +231,12 @@ fn serve_frames(
                 rows,
             } => agent.processes.resize(stream, pid, cols, rows, sink),
             Frame::ListProcesses { stream } => agent.processes.list(stream, sink),
+            // A file request takes over its connection (raw data may follow
+            // it, and the thread takes the user's file-system identity).
+            frame if crate::files::is_request(&frame) => {
+                crate::files::serve(frame, agent.user.as_deref(), reader);
+                return;
+            }
             other => send(
                 &writer,
                 &Frame::Error {

@@ -10,6 +10,7 @@
 
 mod bootstrap;
 mod exec;
+mod files;
 mod init;
 mod processes;
 mod reaper;

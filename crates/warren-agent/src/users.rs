@@ -57,8 +57,39 @@ fn next_free_id(passwd: &str, group: &str) -> Option<u32> {
     (FIRST_UID..=LAST_UID).find(|id| !used.contains(id))
 }
 
-/// Finds `name` in /etc/passwd, creating it (with a home directory) when missing.
+/// A numeric `UID` or `UID:GID` (as an OCI image's `User` may say), taking
+/// the name, primary group and home from /etc/passwd when the uid is there.
+fn numeric(spec: &str, passwd: &str) -> Option<Account> {
+    let (uid, gid) = match spec.split_once(':') {
+        Some((u, g)) => (u.parse::<u32>().ok()?, Some(g.parse::<u32>().ok()?)),
+        None => (spec.parse::<u32>().ok()?, None),
+    };
+    let known = passwd.lines().find_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        (f.len() >= 7 && f[2].parse::<u32>().ok() == Some(uid)).then(|| {
+            (
+                f[0].to_string(),
+                f[3].parse().unwrap_or(uid),
+                f[5].to_string(),
+            )
+        })
+    });
+    let (name, passwd_gid, home) = known.unwrap_or_else(|| (uid.to_string(), uid, "/".into()));
+    Some(Account {
+        name,
+        uid,
+        gid: gid.unwrap_or(passwd_gid),
+        home,
+    })
+}
+
+/// Finds `name` in /etc/passwd, creating it (with a home directory) when
+/// missing. A numeric `UID[:GID]` is used as it is, never created.
 pub fn resolve_or_create(name: &str) -> Result<Account, String> {
+    if name.starts_with(|c: char| c.is_ascii_digit()) {
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        return numeric(name, &passwd).ok_or_else(|| format!("invalid numeric user {name:?}"));
+    }
     if name == "root" {
         return Ok(Account {
             name: "root".into(),
@@ -111,6 +142,17 @@ mod tests {
 
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\nalice:x:1000:1000::/home/alice:/bin/sh\n";
     const GROUP: &str = "root:x:0:\nalice:x:1000:\nstaff:x:1001:\n";
+
+    #[test]
+    fn numeric_users_use_passwd_when_the_uid_is_there() {
+        let alice = numeric("1000", PASSWD).map(|a| (a.name, a.uid, a.gid, a.home));
+        let known = find(PASSWD, "alice").map(|a| (a.name, a.uid, a.gid, a.home));
+        assert_eq!(alice, known);
+        let anon = numeric("4321:99", PASSWD).map(|a| (a.name, a.uid, a.gid, a.home));
+        assert_eq!(anon, Some(("4321".into(), 4321, 99, "/".into())));
+        assert!(numeric("12x", PASSWD).is_none());
+        assert!(numeric("1:", PASSWD).is_none());
+    }
 
     #[test]
     fn finds_existing_users_and_picks_a_free_id() {

@@ -38,6 +38,26 @@ pub enum ErrorCode {
     Internal,
     /// 503: a dependency (the sandbox's agent) is unavailable.
     Unavailable,
+    /// 409: the request conflicts with what exists (a directory where a
+    /// file was expected, an existing target, a non-empty directory).
+    Conflict,
+    /// 403: the sandbox's own permissions refuse the operation.
+    PermissionDenied,
+    /// 413: more data than the daemon's maximum upload size.
+    TooLarge,
+    /// 416: the requested byte range is outside the file.
+    RangeNotSatisfiable,
+    /// 507: the sandbox's disk is full.
+    DiskFull,
+    /// 404: no image with this name or digest.
+    ImageNotFound,
+    /// 409: sandboxes still use the image.
+    ImageInUse,
+    /// 403: the registry refused the credentials given for a pull (not
+    /// Warren's own API key).
+    RegistryUnauthorized,
+    /// 502: the registry failed or answered something unusable.
+    RegistryError,
 }
 
 impl ErrorCode {
@@ -53,6 +73,15 @@ impl ErrorCode {
             Self::InvalidValue => "invalid_value",
             Self::Internal => "internal",
             Self::Unavailable => "unavailable",
+            Self::Conflict => "conflict",
+            Self::PermissionDenied => "permission_denied",
+            Self::TooLarge => "too_large",
+            Self::RangeNotSatisfiable => "range_not_satisfiable",
+            Self::DiskFull => "disk_full",
+            Self::ImageNotFound => "image_not_found",
+            Self::ImageInUse => "image_in_use",
+            Self::RegistryUnauthorized => "registry_unauthorized",
+            Self::RegistryError => "registry_error",
         }
     }
 
@@ -67,6 +96,15 @@ impl ErrorCode {
             Self::InvalidValue => 422,
             Self::Internal => 500,
             Self::Unavailable => 503,
+            Self::Conflict => 409,
+            Self::PermissionDenied => 403,
+            Self::TooLarge => 413,
+            Self::RangeNotSatisfiable => 416,
+            Self::DiskFull => 507,
+            Self::ImageNotFound => 404,
+            Self::ImageInUse => 409,
+            Self::RegistryUnauthorized => 403,
+            Self::RegistryError => 502,
         }
     }
 }

@@ -5,11 +5,22 @@
 
 mod error;
 mod exec;
+mod files;
+mod images;
 mod process;
 mod sandbox;
 
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use exec::{ExecRequest, ExecResult};
+pub use files::{
+    ChangeKind, ChangeList, FileChange, FileExists, FileKind, FileList, FileStat, FindResult,
+    GrepMatch, GrepResult, MkdirRequest, MoveRequest, TarUploadResult, WatchEvent, WatchEventKind,
+    DEFAULT_SEARCH_LIMIT, MAX_LIST_DEPTH, MAX_PATH_BYTES, MAX_SEARCH_LIMIT,
+};
+pub use images::{
+    Image, ImageConfig, ImageLayer, ImageList, ImageRemoved, PullImageRequest, PullProgress,
+    PullProgressKind,
+};
 pub use process::{
     AttachControl, AttachEvent, DroppedEventData, ExitEventData, OutputEventData, Process,
     ProcessList, PtySize, SignalRequest, StartProcessRequest, StdinRequest, SIGNAL_NAMES,

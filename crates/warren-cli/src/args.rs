@@ -142,6 +142,19 @@ pub enum Command {
     /// Manage API keys (works on the data directory; no daemon needed).
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Manage images: pull from a registry, import an archive, list, remove.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Copy files and directories between this host and a sandbox
+    /// (`ID:/path` names a path in a sandbox; `-` is stdin or stdout).
+    Cp(CpArgs),
+    /// Work with the files of a sandbox: ls, cat, stat, rm, mkdir, mv,
+    /// find, grep, watch.
+    #[command(subcommand)]
+    Files(FilesCommand),
+    /// Show what a sandbox changed relative to its image (A added,
+    /// M modified, D deleted).
+    Diff(DiffArgs),
 }
 
 /// `warren serve`.
@@ -168,6 +181,10 @@ pub struct ServeArgs {
     /// on hosts without filesystem quotas. Default: unbounded.
     #[arg(long, env = "WARREN_DEFAULT_DISK_MB", value_name = "MIB", value_parser = clap::value_parser!(u64).range(32..))]
     pub default_disk_mb: Option<u64>,
+    /// Largest file or tar upload through the file API, in MiB; larger
+    /// uploads get 413 and leave no partial file.
+    #[arg(long, env = "WARREN_MAX_UPLOAD_MB", value_name = "MIB", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_upload_mb: u64,
 }
 
 /// What a new sandbox looks like (`create` and `run`).
@@ -301,9 +318,9 @@ pub struct RunArgs {
     /// Keep the sandbox instead of deleting it afterwards (its id goes to stderr).
     #[arg(long)]
     pub keep: bool,
-    /// The command and its arguments (after `--`).
+    /// The command and its arguments (after `--`); without one, the image's
+    /// own command (its Entrypoint and Cmd).
     #[arg(
-        required = true,
         trailing_var_arg = true,
         allow_hyphen_values = true,
         value_name = "CMD"
@@ -320,7 +337,8 @@ pub fn exec_request(
     stdin: Option<String>,
 ) -> ExecRequest {
     ExecRequest {
-        cmd: Some(command.to_vec()),
+        // No command: the daemon runs the image's default command.
+        cmd: (!command.is_empty()).then(|| command.to_vec()),
         shell: None,
         cwd,
         env: to_map(env),
@@ -350,6 +368,193 @@ pub enum KeysCommand {
         #[arg(value_name = "ID|NAME")]
         key: String,
     },
+}
+
+/// `warren image …`.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Pull an image from a registry, e.g. `docker.io/library/alpine:3.20`
+    /// or `127.0.0.1:5000/tools/busybox` (plain HTTP is allowed for
+    /// localhost; elsewhere it needs --insecure).
+    Pull {
+        /// Image reference: `[registry/]repository[:tag|@sha256:…]`.
+        #[arg(value_name = "REF")]
+        reference: String,
+        /// Allow plain HTTP to the registry.
+        #[arg(long)]
+        insecure: bool,
+        /// Registry user name.
+        #[arg(long, short = 'u', value_name = "USER")]
+        username: Option<String>,
+        /// Read the registry password (or token) from standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Import an image archive: an OCI layout or `docker save` tarball
+    /// (optionally gzipped), or a plain root file system tarball.
+    Import {
+        /// The archive (`-` for standard input).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Name to store it under, NAME[:TAG] (`:latest` when no tag).
+        #[arg(long, value_name = "NAME:TAG")]
+        name: String,
+    },
+    /// List images (the built-in `host` image first).
+    #[command(alias = "list")]
+    Ls,
+    /// Show everything about one image, as JSON.
+    Inspect {
+        /// Image name or digest.
+        name: String,
+    },
+    /// Remove an image and the layers no other image uses.
+    #[command(alias = "delete")]
+    Rm {
+        /// Image name or digest.
+        name: String,
+    },
+}
+
+/// `warren cp`.
+#[derive(Debug, Args)]
+pub struct CpArgs {
+    /// Source: a local path, `ID:/path` in a sandbox, or `-` (stdin, the
+    /// content of one file).
+    #[arg(value_name = "SRC", allow_hyphen_values = true)]
+    pub src: String,
+    /// Destination: a local path, `ID:/path` in a sandbox, or `-` (stdout;
+    /// a directory comes out as a tar stream).
+    #[arg(value_name = "DST", allow_hyphen_values = true)]
+    pub dst: String,
+    /// No progress bar.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+/// `warren files …`.
+#[derive(Debug, Subcommand)]
+pub enum FilesCommand {
+    /// List a directory.
+    Ls {
+        /// List everything below (up to 32 levels).
+        #[arg(long, short = 'R', conflicts_with = "depth")]
+        recursive: bool,
+        /// Levels to descend (1: the directory's children).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=32))]
+        depth: Option<u32>,
+        /// Sandbox id.
+        id: String,
+        /// Absolute path of the directory.
+        path: String,
+    },
+    /// Print a file to stdout.
+    Cat {
+        /// Sandbox id.
+        id: String,
+        /// Absolute path of the file.
+        path: String,
+    },
+    /// Show a file's metadata.
+    Stat {
+        /// Sandbox id.
+        id: String,
+        /// Absolute path.
+        path: String,
+    },
+    /// Remove a file, or with -r a directory tree.
+    Rm {
+        /// Remove directories and their contents.
+        #[arg(long, short = 'r')]
+        recursive: bool,
+        /// Sandbox id.
+        id: String,
+        /// Absolute path.
+        path: String,
+    },
+    /// Create a directory and its missing parents.
+    Mkdir {
+        /// Permission bits in octal (default 0755).
+        #[arg(long, short = 'm', value_name = "MODE", value_parser = parse_octal_mode)]
+        mode: Option<u32>,
+        /// Sandbox id.
+        id: String,
+        /// Absolute path of the directory.
+        path: String,
+    },
+    /// Move (rename) a file or directory.
+    Mv {
+        /// Replace an existing target.
+        #[arg(long, short = 'f')]
+        force: bool,
+        /// Sandbox id.
+        id: String,
+        /// Absolute path of the entry.
+        from: String,
+        /// Absolute path it gets.
+        to: String,
+    },
+    /// Find entries whose path (relative to ROOT) matches a glob.
+    Find {
+        /// At most this many results (default 1000, at most 10000).
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+        /// Sandbox id.
+        id: String,
+        /// Directory to search.
+        root: String,
+        /// Glob, like `**/*.rs`.
+        glob: String,
+    },
+    /// Search file contents with a regular expression.
+    Grep {
+        /// Case-insensitive.
+        #[arg(long, short = 'i')]
+        ignore_case: bool,
+        /// Only files whose name matches this glob.
+        #[arg(long, value_name = "GLOB")]
+        glob: Option<String>,
+        /// At most this many matches (default 1000, at most 10000).
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+        /// Sandbox id.
+        id: String,
+        /// Directory (or file) to search.
+        root: String,
+        /// Regular expression.
+        pattern: String,
+    },
+    /// Print changes under a path as they happen (one line each).
+    Watch {
+        /// Watch subdirectories too.
+        #[arg(long, short = 'r')]
+        recursive: bool,
+        /// Sandbox id.
+        id: String,
+        /// Absolute path to watch.
+        path: String,
+    },
+}
+
+/// `warren diff`.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// Write the changes as a tar (OCI layer form) to FILE (`-`: stdout)
+    /// instead of listing them.
+    #[arg(long, value_name = "FILE", allow_hyphen_values = true)]
+    pub tar: Option<PathBuf>,
+    /// Sandbox id.
+    pub id: String,
+}
+
+/// Parses permission bits written in octal (`755`, `0755`).
+fn parse_octal_mode(text: &str) -> Result<u32, String> {
+    match u32::from_str_radix(text.strip_prefix("0o").unwrap_or(text), 8) {
+        Ok(mode) if mode <= 0o7777 => Ok(mode),
+        _ => Err(format!(
+            "expected octal permission bits like 0755, got {text:?}"
+        )),
+    }
 }
 
 /// Parses `KEY=VALUE`; the value may be empty and may contain `=`.
@@ -602,7 +807,13 @@ mod tests {
     #[test]
     fn exec_requires_a_command() {
         assert!(Cli::try_parse_from(["warren", "exec", "abc"]).is_err());
-        assert!(Cli::try_parse_from(["warren", "run"]).is_err());
+        // `run` without a command runs the image's own command.
+        let cli = parse(&["run", "--image", "busybox"]);
+        let Command::Run(args) = cli.command else {
+            panic!("expected run");
+        };
+        assert!(args.command.is_empty());
+        assert_eq!(exec_request(&args.command, None, &[], None, None).cmd, None);
     }
 
     #[test]

@@ -3,6 +3,9 @@
 mod args;
 mod daemon_autostart;
 mod exec_commands;
+mod file_copy;
+mod files_commands;
+mod image_commands;
 mod keys;
 mod output;
 mod process_commands;
@@ -10,6 +13,7 @@ mod sandbox_commands;
 mod serve;
 mod shell;
 mod spinner;
+mod transfer_progress;
 
 use std::process::ExitCode;
 
@@ -101,6 +105,22 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => {
             let client = connect(&global).await?;
             exec_commands::run(&client, &args, json).await
+        }
+        Command::Image(image_command) => {
+            let client = connect(&global).await?;
+            image_commands::run(&client, &image_command, json).await
+        }
+        Command::Cp(args) => {
+            let client = connect(&global).await?;
+            file_copy::cp(&client, &args, json).await
+        }
+        Command::Files(files_command) => {
+            let client = connect(&global).await?;
+            files_commands::run(&client, &files_command, json).await
+        }
+        Command::Diff(args) => {
+            let client = connect(&global).await?;
+            files_commands::diff(&client, &args, json).await
         }
     }
 }

@@ -21,7 +21,7 @@ pub async fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCo
     let store = Store::open(data_dir)
         .await
         .with_context(|| format!("cannot open the Warren store in {}", data_dir.display()))?;
-    let driver = build_driver(data_dir, args)?;
+    let (driver, id_map) = build_driver(data_dir, args)?;
     tracing::info!(
         data_dir = %data_dir.display(),
         socket = %socket_path.display(),
@@ -34,6 +34,8 @@ pub async fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCo
         socket_path,
         listen: args.listen,
         default_disk_mb: args.default_disk_mb,
+        id_map,
+        max_upload_mb: Some(args.max_upload_mb),
     };
     warren_server::serve(config, store, driver, shutdown_signal()).await?;
     tracing::info!("warren daemon stopped");
@@ -41,17 +43,22 @@ pub async fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCo
 }
 
 /// The isolation driver the daemon uses: the namespace driver, the default.
-fn build_driver(data_dir: &Path, args: &ServeArgs) -> anyhow::Result<Arc<dyn Driver>> {
+/// Also returns the uid/gid range (first id, count) its sandboxes map to.
+fn build_driver(
+    data_dir: &Path,
+    args: &ServeArgs,
+) -> anyhow::Result<(Arc<dyn Driver>, (u32, u32))> {
     let mut config = NamespaceConfig::new(data_dir);
     config.cgroup_parent = args.cgroup_parent.clone();
     config.favor_cgroup_dynmods = !args.keep_cgroup_options;
+    let id_map = (config.id_map_base, config.id_map_count);
     let driver = NamespaceDriver::new(config).with_context(|| {
         format!(
             "cannot prepare the namespace driver in {}",
             data_dir.display()
         )
     })?;
-    Ok(Arc::new(driver))
+    Ok((Arc::new(driver), id_map))
 }
 
 /// Logs to stderr; `RUST_LOG` filters, `info` by default.

@@ -27,6 +27,8 @@
 
 mod attach;
 mod error;
+mod files;
+mod images;
 mod process;
 mod routes;
 mod target;
@@ -41,6 +43,8 @@ use serde::Serialize;
 
 pub use attach::{AttachIo, Attached};
 pub use error::ClientError;
+pub use files::{ByteRange, ByteReader, FileDownload, TarCompression, UploadOptions, WatchStream};
+pub use images::{PullEvent, PullStream};
 pub use process::{OutputEvent, OutputStream};
 pub use target::{Target, DEFAULT_SOCKET_PATH};
 pub use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -48,6 +52,13 @@ pub use warren_api::{
     AttachControl, AttachEvent, CreateSandboxRequest, ErrorBody, ErrorDetail, ExecRequest,
     ExecResult, Health, Process, ProcessList, PtySize, ResolvedResources, Resources, Sandbox,
     SandboxList, SandboxState, SignalRequest, StartProcessRequest, StdinRequest, SIGNAL_NAMES,
+};
+pub use warren_api::{
+    ChangeKind, FileChange, FileExists, FileKind, FileStat, FindResult, GrepMatch, GrepResult,
+    TarUploadResult, WatchEvent, WatchEventKind,
+};
+pub use warren_api::{
+    Image, ImageConfig, ImageLayer, ImageRemoved, PullImageRequest, PullProgress, PullProgressKind,
 };
 
 /// Environment variable naming the daemon: `http://host:port` or `unix:/path`.

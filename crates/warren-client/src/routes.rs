@@ -52,7 +52,7 @@ pub(crate) fn process(id: &str, pid: i32) -> String {
 
 /// Percent-encodes everything except RFC 3986 unreserved characters, so the
 /// result is safe both as a path segment and as a query key or value.
-fn encode(text: &str) -> String {
+pub(crate) fn encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for byte in text.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {

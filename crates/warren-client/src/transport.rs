@@ -69,11 +69,64 @@ pub(crate) async fn stream(
     Ok((response.status().as_u16(), response.into_body()))
 }
 
-/// Connects, sends the request and returns the response with its body unread.
-async fn open(
+/// Sends a request with any body (a streamed upload, say) and extra
+/// headers; returns the status and the response body as it arrives.
+pub(crate) async fn send_body<B>(
     target: &Target,
-    request: Request<Full<Bytes>>,
-) -> Result<hyper::Response<Incoming>, ClientError> {
+    api_key: Option<&str>,
+    method: Method,
+    route: &str,
+    headers: &[(&'static str, String)],
+    body: B,
+) -> Result<(u16, Incoming), ClientError>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (status, response) =
+        send_body_response(target, api_key, method, route, headers, body).await?;
+    Ok((status, response.into_body()))
+}
+
+/// A request body streamed from the caller (file and tar uploads).
+pub(crate) type StreamingBody = http_body_util::combinators::UnsyncBoxBody<Bytes, io::Error>;
+
+/// Like [`send_body`], but returns the whole response (headers included)
+/// with its body unread.
+pub(crate) async fn send_body_response<B>(
+    target: &Target,
+    api_key: Option<&str>,
+    method: Method,
+    route: &str,
+    headers: &[(&'static str, String)],
+    body: B,
+) -> Result<(u16, hyper::Response<Incoming>), ClientError>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut request = build_request(target, api_key, method, route, None)?.map(|_| body);
+    for (name, value) in headers {
+        let value = HeaderValue::from_str(value)
+            .map_err(|e| ClientError::Protocol(format!("bad header {name}: {e}")))?;
+        request.headers_mut().insert(*name, value);
+    }
+    let response = open(target, request).await?;
+    Ok((response.status().as_u16(), response))
+}
+
+/// Connects, sends the request and returns the response with its body unread.
+async fn open<B>(
+    target: &Target,
+    request: Request<B>,
+) -> Result<hyper::Response<Incoming>, ClientError>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     match target {
         Target::Unix(path) => {
             let stream = UnixStream::connect(path)
@@ -127,13 +180,16 @@ fn build_request(
         .map_err(|e| ClientError::Protocol(format!("cannot build request for {route}: {e}")))
 }
 
-async fn exchange<IO>(
+async fn exchange<IO, B>(
     target: &Target,
     io: IO,
-    request: Request<Full<Bytes>>,
+    request: Request<B>,
 ) -> Result<hyper::Response<Incoming>, ClientError>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let http_error = |source| ClientError::Http {
         target: target.to_string(),

@@ -34,6 +34,16 @@ const PRIVATE_DIRS: &[(&str, u32)] = &[
     (".warren", 0o755),
 ];
 
+/// Directories of the base layer under OCI images: the mount points Warren
+/// needs, whatever the image has.
+const OCI_BASE_DIRS: &[(&str, u32)] = &[
+    ("proc", 0o555),
+    ("sys", 0o555),
+    ("dev", 0o755),
+    ("tmp", 0o1777),
+    (".warren", 0o755),
+];
+
 /// Host secrets never shown, even though /etc is.
 const HIDDEN_FILES: &[&str] = &[
     "/etc/shadow",
@@ -60,6 +70,37 @@ pub struct HostImage {
 
 fn chown(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
     std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+}
+
+/// Builds (idempotently) the bottom layer of OCI-image sandboxes under
+/// `dir` and returns its root: the mount points for /proc, /sys, /dev, the
+/// agent binary and a /tmp, owned by the sandbox root's host uid. Image
+/// layers stacked above it win wherever they have the same paths.
+pub fn prepare_oci_base(dir: &Path, uid: u32, gid: u32) -> io::Result<PathBuf> {
+    let rootfs = dir.join("rootfs");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&rootfs)?;
+    chown(&rootfs, uid, gid)?;
+    make_owned_dirs(&rootfs, OCI_BASE_DIRS, uid, gid)?;
+    Ok(rootfs)
+}
+
+/// Creates `dirs` (with their modes) under `rootfs`, owned by `uid:gid`,
+/// and the empty file the agent binary is bound over.
+fn make_owned_dirs(rootfs: &Path, dirs: &[(&str, u32)], uid: u32, gid: u32) -> io::Result<()> {
+    for (name, mode) in dirs {
+        let path = rootfs.join(name);
+        std::fs::DirBuilder::new().recursive(true).create(&path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode))?;
+        chown(&path, uid, gid)?;
+    }
+    let agent = rootfs.join(".warren/agent");
+    if !agent.exists() {
+        std::fs::write(&agent, b"")?;
+    }
+    Ok(())
 }
 
 /// Builds (idempotently) the skeleton under `dir`, owned by the sandbox root's
@@ -102,16 +143,7 @@ pub fn prepare(
             });
         }
     }
-    for (name, mode) in PRIVATE_DIRS {
-        let path = rootfs.join(name);
-        std::fs::DirBuilder::new().recursive(true).create(&path)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode))?;
-        chown(&path, uid, gid)?;
-    }
-    let agent = rootfs.join(".warren/agent");
-    if !agent.exists() {
-        std::fs::write(&agent, b"")?;
-    }
+    make_owned_dirs(&rootfs, PRIVATE_DIRS, uid, gid)?;
     let mut hidden: Vec<PathBuf> = HIDDEN_FILES.iter().map(PathBuf::from).collect();
     if let Ok(entries) = std::fs::read_dir(host_root.join("etc/ssh")) {
         for entry in entries.flatten() {
@@ -136,6 +168,21 @@ pub fn prepare(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oci_base_has_the_mount_points_and_the_agent_file() {
+        let out = tempfile::tempdir().unwrap();
+        let uid = nix_uid();
+        let rootfs = prepare_oci_base(out.path(), uid, uid).unwrap();
+        for (name, mode) in OCI_BASE_DIRS {
+            let meta = std::fs::metadata(rootfs.join(name)).unwrap();
+            assert!(meta.is_dir(), "{name}");
+            assert_eq!(meta.permissions().mode() & 0o7777, *mode, "{name}");
+        }
+        assert!(rootfs.join(".warren/agent").is_file());
+        // Idempotent: a second daemon start finds it as it is.
+        assert_eq!(prepare_oci_base(out.path(), uid, uid).unwrap(), rootfs);
+    }
 
     #[test]
     fn skeleton_mirrors_symlinks_and_binds_directories() {

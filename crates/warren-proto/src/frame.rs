@@ -1,5 +1,11 @@
 use serde::{Deserialize, Serialize};
 
+use crate::files::{
+    FileChange, FileEntry, FileFindRequest, FileGrepRequest, FileListRequest, FileMkdirRequest,
+    FilePathRequest, FileReadRequest, FileRemoveRequest, FileRenameRequest, FileWatchRequest,
+    FileWriteRequest, GrepLine, TarUploadRequest,
+};
+
 /// One message between the daemon and an agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -185,6 +191,80 @@ pub enum Frame {
         #[serde(default)]
         entries: Vec<ProcessEntry>,
     },
+    /// Daemon → agent: metadata of one entry (v5); answered `file_info`.
+    FileStat(FilePathRequest),
+    /// Daemon → agent: entries of a directory (v5); answered `file_entries`.
+    FileList(FileListRequest),
+    /// Daemon → agent: read a file (v5); `file_info`, then raw bytes.
+    FileRead(FileReadRequest),
+    /// Daemon → agent: write a file from the chunks that follow (v5);
+    /// answered `file_info`.
+    FileWrite(FileWriteRequest),
+    /// Daemon → agent: `mkdir -p` (v5); answered `file_info`.
+    FileMkdir(FileMkdirRequest),
+    /// Daemon → agent: rename (v5); answered `file_info` (the new entry).
+    FileRename(FileRenameRequest),
+    /// Daemon → agent: remove (v5); answered `ack`.
+    FileRemove(FileRemoveRequest),
+    /// Daemon → agent: find by glob (v5); answered `file_entries`.
+    FileFind(FileFindRequest),
+    /// Daemon → agent: search contents (v5); answered `grep_matches`.
+    FileGrep(FileGrepRequest),
+    /// Daemon → agent: tar of a path (v5); `ack`, then the raw archive.
+    TarDownload(FilePathRequest),
+    /// Daemon → agent: unpack the chunked tar that follows (v5); answered
+    /// `tar_unpacked`.
+    TarUpload(TarUploadRequest),
+    /// Daemon → agent: watch for changes (v5); `ack`, then `file_changed`
+    /// frames until the daemon closes the connection.
+    FileWatch(FileWatchRequest),
+    /// Agent → daemon: one entry's metadata.
+    FileInfo {
+        /// Stream id.
+        #[serde(default)]
+        stream: u64,
+        /// The entry.
+        #[serde(default)]
+        entry: FileEntry,
+    },
+    /// Agent → daemon: the answer to `file_list` and `file_find`.
+    FileEntries {
+        /// Stream id.
+        #[serde(default)]
+        stream: u64,
+        /// Entries.
+        #[serde(default)]
+        entries: Vec<FileEntry>,
+        /// A cap was reached; there may be more.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        truncated: bool,
+    },
+    /// Agent → daemon: the answer to `file_grep`.
+    GrepMatches {
+        /// Stream id.
+        #[serde(default)]
+        stream: u64,
+        /// Matching lines in walk order.
+        #[serde(default)]
+        matches: Vec<GrepLine>,
+        /// The cap was reached; there may be more.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        truncated: bool,
+    },
+    /// Agent → daemon: the answer to `tar_upload`.
+    TarUnpacked {
+        /// Stream id.
+        #[serde(default)]
+        stream: u64,
+        /// Entries written.
+        #[serde(default)]
+        entries: u64,
+        /// Bytes of file content written.
+        #[serde(default)]
+        bytes: u64,
+    },
+    /// Agent → daemon: one change seen by a `file_watch`.
+    FileChanged(FileChange),
 }
 
 /// Start `argv` in the background (its own process group).

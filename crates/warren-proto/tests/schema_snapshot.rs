@@ -1,8 +1,10 @@
 //! Fails when a frame's JSON shape changes without a protocol version bump.
 
 use warren_proto::{
-    ExecDone, ExecRequest, Frame, OutputChunk, ProcessEntry, PtySize, SpawnRequest,
-    PROTOCOL_VERSION,
+    ChangeKind, EntryKind, ExecDone, ExecRequest, FileChange, FileEntry, FileFindRequest,
+    FileGrepRequest, FileListRequest, FileMkdirRequest, FilePathRequest, FileReadRequest,
+    FileRemoveRequest, FileRenameRequest, FileWatchRequest, FileWriteRequest, Frame, GrepLine,
+    OutputChunk, ProcessEntry, PtySize, SpawnRequest, TarUploadRequest, PROTOCOL_VERSION,
 };
 
 fn samples() -> Vec<Frame> {
@@ -123,6 +125,131 @@ fn samples() -> Vec<Frame> {
                 pty: false,
             }],
         },
+        Frame::FileStat(FilePathRequest {
+            stream: 20,
+            path: "/workspace/a.txt".into(),
+            user: Some("agent".into()),
+        }),
+        Frame::FileList(FileListRequest {
+            stream: 21,
+            path: "/workspace".into(),
+            depth: 2,
+            user: None,
+        }),
+        Frame::FileRead(FileReadRequest {
+            stream: 22,
+            path: "/workspace/a.txt".into(),
+            offset: 10,
+            len: Some(100),
+            user: None,
+        }),
+        Frame::FileWrite(FileWriteRequest {
+            stream: 23,
+            path: "/workspace/a.txt".into(),
+            mode: Some(0o600),
+            max_bytes: Some(1 << 20),
+            user: Some("agent".into()),
+        }),
+        Frame::FileMkdir(FileMkdirRequest {
+            stream: 24,
+            path: "/workspace/d/e".into(),
+            mode: Some(0o700),
+            user: None,
+        }),
+        Frame::FileRename(FileRenameRequest {
+            stream: 25,
+            from: "/workspace/a.txt".into(),
+            to: "/workspace/b.txt".into(),
+            overwrite: true,
+            user: None,
+        }),
+        Frame::FileRemove(FileRemoveRequest {
+            stream: 26,
+            path: "/workspace/d".into(),
+            recursive: true,
+            user: None,
+        }),
+        Frame::FileFind(FileFindRequest {
+            stream: 27,
+            root: "/workspace".into(),
+            glob: "**/*.rs".into(),
+            max_results: 100,
+            user: None,
+        }),
+        Frame::FileGrep(FileGrepRequest {
+            stream: 28,
+            root: "/workspace".into(),
+            pattern: "fn main".into(),
+            glob: Some("*.rs".into()),
+            ignore_case: true,
+            max_matches: 50,
+            user: None,
+        }),
+        Frame::TarDownload(FilePathRequest {
+            stream: 29,
+            path: "/workspace/d".into(),
+            user: None,
+        }),
+        Frame::TarUpload(TarUploadRequest {
+            stream: 30,
+            dir: "/workspace/up".into(),
+            max_bytes: Some(1 << 30),
+            user: Some("agent".into()),
+        }),
+        Frame::FileWatch(FileWatchRequest {
+            stream: 31,
+            path: "/workspace".into(),
+            recursive: true,
+            user: None,
+        }),
+        Frame::FileInfo {
+            stream: 20,
+            entry: FileEntry {
+                path: "/workspace/link".into(),
+                kind: EntryKind::Symlink,
+                size: 5,
+                mode: 0o777,
+                uid: 1000,
+                gid: 1000,
+                mtime: 1_700_000_000,
+                link_target: Some("a.txt".into()),
+            },
+        },
+        Frame::FileEntries {
+            stream: 21,
+            entries: vec![FileEntry {
+                path: "/workspace/d".into(),
+                kind: EntryKind::Dir,
+                size: 4096,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                mtime: 1_700_000_000,
+                link_target: None,
+            }],
+            truncated: true,
+        },
+        Frame::GrepMatches {
+            stream: 28,
+            matches: vec![GrepLine {
+                path: "/workspace/main.rs".into(),
+                line: 3,
+                text: "fn main() {".into(),
+            }],
+            truncated: false,
+        },
+        Frame::TarUnpacked {
+            stream: 30,
+            entries: 3,
+            bytes: 1234,
+        },
+        Frame::FileChanged(FileChange {
+            stream: 31,
+            kind: ChangeKind::Renamed,
+            path: "/workspace/b".into(),
+            from: Some("/workspace/a".into()),
+            is_dir: false,
+        }),
     ]
 }
 

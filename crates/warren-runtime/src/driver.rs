@@ -8,12 +8,16 @@ use serde::{Deserialize, Serialize};
 
 /// Everything a driver needs to start a sandbox. Values are already validated
 /// and defaulted by the service layer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct SandboxSpec {
     /// DNS-label safe sandbox id; also the hostname inside the sandbox.
     pub id: String,
     /// Image name (`host` is the only built-in image).
     pub image: String,
+    /// Unpacked layer directories of an OCI image, top layer first; empty
+    /// for the built-in `host` image.
+    #[serde(default)]
+    pub layers: Vec<PathBuf>,
     /// CPU quota in cores.
     pub cpus: f64,
     /// Memory limit in bytes.
@@ -110,6 +114,22 @@ pub enum DriverError {
     /// The request was invalid (for example a bad signal number).
     #[error("{0}")]
     Invalid(String),
+    /// A path (or other named thing) does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with what exists (a directory where a file was
+    /// expected, an existing target, a non-empty directory).
+    #[error("{0}")]
+    Conflict(String),
+    /// The sandbox's own permissions refuse the operation.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The sandbox's disk is full.
+    #[error("{0}")]
+    NoSpace(String),
+    /// More data than the configured maximum.
+    #[error("{0}")]
+    TooLarge(String),
     /// Any other I/O failure on the host.
     #[error("{context}: {source}")]
     Io {
@@ -142,12 +162,29 @@ pub trait Driver: Send + Sync {
         None
     }
 
+    /// The file API, when this driver has one.
+    fn files(&self) -> Option<&dyn crate::FileControl> {
+        None
+    }
+
+    /// Change listing (`/changes`), when this driver can tell.
+    fn changes(&self) -> Option<&dyn crate::ChangeTracking> {
+        None
+    }
+
     /// Creates and starts a sandbox; returns once its agent is ready.
     async fn create(&self, spec: &SandboxSpec) -> Result<RuntimeInfo, DriverError>;
 
     /// Reconnects to a sandbox that was started by an earlier daemon process.
     /// An error means the sandbox is dead and should be marked failed.
     async fn adopt(&self, id: &str, info: &RuntimeInfo) -> Result<(), DriverError>;
+
+    /// Whether the sandbox's init is still the live process `info` names.
+    /// An agent that does not answer while its init lives is busy or out of
+    /// resources, not gone.
+    fn is_alive(&self, _id: &str, info: &RuntimeInfo) -> bool {
+        crate::process_state::is_same_live_process(info.pid, info.start_time)
+    }
 
     /// Runs a command to completion.
     async fn exec(&self, id: &str, spec: ExecSpec) -> Result<ExecOutcome, DriverError>;

@@ -56,9 +56,11 @@ impl NamespaceConfig {
 /// Native Linux isolation: user, mount, pid, net, ipc, uts and cgroup
 /// namespaces over an overlay root.
 pub struct NamespaceDriver {
-    cfg: NamespaceConfig,
+    pub(crate) cfg: NamespaceConfig,
     agent_path: PathBuf,
-    host_image: HostImage,
+    pub(crate) host_image: HostImage,
+    /// Bottom layer under every OCI image: the mount points Warren needs.
+    oci_base: PathBuf,
     cgroups: CgroupLayout,
     agents: Mutex<HashMap<String, Arc<AgentConn>>>,
 }
@@ -97,6 +99,12 @@ impl NamespaceDriver {
             &[data_abs],
         )
         .map_err(io_err("prepare the host image"))?;
+        let oci_base = host_image::prepare_oci_base(
+            &data.join("images/oci-base"),
+            cfg.id_map_base,
+            cfg.id_map_base,
+        )
+        .map_err(io_err("prepare the base layer of OCI images"))?;
         // SAFETY: prctl with integer arguments only.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
         if cfg.favor_cgroup_dynmods {
@@ -116,15 +124,16 @@ impl NamespaceDriver {
             cfg,
             agent_path,
             host_image,
+            oci_base,
             agents: Mutex::default(),
         })
     }
 
-    fn sandbox_dir(&self, id: &str) -> PathBuf {
+    pub(crate) fn sandbox_dir(&self, id: &str) -> PathBuf {
         self.cfg.data_dir.join("sandboxes").join(id)
     }
 
-    fn socket_path(&self, id: &str) -> PathBuf {
+    pub(crate) fn socket_path(&self, id: &str) -> PathBuf {
         self.sandbox_dir(id).join("agent.sock")
     }
 
@@ -177,7 +186,22 @@ impl NamespaceDriver {
             std::os::unix::fs::chown(d, Some(self.cfg.id_map_base), Some(self.cfg.id_map_base))
                 .map_err(io_err(format!("chown {}", d.display())))?;
         }
-        let private_files = self.private_account_files(&dir)?;
+        // The host image shows the host's system directories read-only over
+        // a skeleton; an OCI image is its own layers over a tiny base that
+        // only guarantees the mount points Warren needs.
+        let (lower_dirs, read_only_binds, hidden_files, private_files) = if spec.layers.is_empty() {
+            (
+                vec![self.host_image.rootfs.clone()],
+                self.host_image.binds.clone(),
+                self.host_image.hidden.clone(),
+                self.private_account_files(&dir)?,
+            )
+        } else {
+            let mut lowers = spec.layers.clone();
+            lowers.push(self.oci_base.clone());
+            (lowers, Vec::new(), Vec::new(), Vec::new())
+        };
+        write_lowers_record(&dir, &lower_dirs)?;
         let limits = CgroupLimits {
             cpus: spec.cpus,
             memory_bytes: spec.memory_bytes,
@@ -189,12 +213,12 @@ impl NamespaceDriver {
             .map_err(|e| create_err("cgroup", e))?;
         let launch = LaunchConfig {
             id: spec.id.clone(),
-            lower_dirs: vec![self.host_image.rootfs.clone()],
+            lower_dirs,
             upper_dir: upper,
             work_dir: work,
             rootfs,
-            read_only_binds: self.host_image.binds.clone(),
-            hidden_files: self.host_image.hidden.clone(),
+            read_only_binds,
+            hidden_files,
             private_files,
             agent_binary: self.agent_path.clone(),
             agent_socket: self.socket_path(&spec.id),
@@ -312,6 +336,17 @@ impl NamespaceDriver {
 
 /// Removes what a sandbox leaves on the host once its processes are gone:
 /// its cgroups, its disk mount (if it has one) and its directory.
+/// Name of the file in a sandbox's directory that lists its overlay lower
+/// directories (top first), for change listing after a daemon restart.
+pub(crate) const LOWERS_RECORD: &str = "lowers.json";
+
+fn write_lowers_record(dir: &Path, lowers: &[PathBuf]) -> Result<(), DriverError> {
+    let path = dir.join(LOWERS_RECORD);
+    let json = serde_json::to_vec(&serde_json::json!({ "lowers": lowers }))
+        .map_err(|e| create_err("record lower layers", e))?;
+    std::fs::write(&path, json).map_err(io_err(format!("write {}", path.display())))
+}
+
 fn remove_sandbox_files(
     cgroups: &CgroupLayout,
     parent: &str,
@@ -386,7 +421,7 @@ impl Driver for NamespaceDriver {
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<RuntimeInfo, DriverError> {
-        if !self.has_image(&spec.image) {
+        if spec.layers.is_empty() && !self.has_image(&spec.image) {
             return Err(DriverError::UnknownImage(spec.image.clone()));
         }
         let pid = match self.launch(spec).await {
@@ -435,6 +470,14 @@ impl Driver for NamespaceDriver {
     }
 
     fn processes(&self) -> Option<&dyn ProcessControl> {
+        Some(self)
+    }
+
+    fn files(&self) -> Option<&dyn crate::FileControl> {
+        Some(self)
+    }
+
+    fn changes(&self) -> Option<&dyn crate::ChangeTracking> {
         Some(self)
     }
 

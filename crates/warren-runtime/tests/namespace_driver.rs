@@ -3,145 +3,16 @@
 //! real overlay mounts, real cgroups. They skip (with a printed reason) when
 //! not run as root.
 
+mod support;
+
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use support::{require_root, Harness};
 use warren_runtime::{
     Driver, DriverError, ExecSpec, NamespaceConfig, NamespaceDriver, ProcessEvent, RuntimeInfo,
-    SandboxSpec, SpawnSpec,
+    SpawnSpec,
 };
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root for namespaces, overlay and cgroups");
-            return;
-        }
-    };
-}
-
-/// One driver on a private data dir and a private cgroup parent; removes
-/// everything on drop, even when the test fails.
-struct Harness {
-    driver: NamespaceDriver,
-    data: tempfile::TempDir,
-    parent: String,
-    live: std::sync::Mutex<Vec<(String, RuntimeInfo)>>,
-}
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-impl Harness {
-    fn new() -> Self {
-        warren_linux::cgroup::remove_orphaned_parents("warren-test");
-        let data = tempfile::tempdir().unwrap();
-        let parent = format!(
-            "warren-test-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let mut cfg = NamespaceConfig::new(data.path());
-        cfg.cgroup_parent = parent.clone();
-        let driver = NamespaceDriver::new(cfg).unwrap();
-        Self {
-            driver,
-            data,
-            parent,
-            live: Default::default(),
-        }
-    }
-
-    fn spec(&self, id: &str) -> SandboxSpec {
-        SandboxSpec {
-            id: id.into(),
-            image: "host".into(),
-            cpus: 1.0,
-            memory_bytes: 256 << 20,
-            pids_limit: 128,
-            disk_mb: None,
-            env: vec![("GREETING".into(), "hello".into())],
-            workdir: "/workspace".into(),
-            user: None,
-        }
-    }
-
-    async fn create(&self, spec: &SandboxSpec) -> RuntimeInfo {
-        let info = self.driver.create(spec).await.unwrap();
-        self.live
-            .lock()
-            .unwrap()
-            .push((spec.id.clone(), info.clone()));
-        info
-    }
-
-    async fn sh(&self, id: &str, script: &str) -> (i32, String, String) {
-        let out = self
-            .driver
-            .exec(
-                id,
-                ExecSpec {
-                    argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        (
-            out.exit_code,
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    async fn destroy(&self, id: &str) {
-        let info = {
-            let mut live = self.live.lock().unwrap();
-            let pos = live.iter().position(|(i, _)| i == id).unwrap();
-            live.remove(pos).1
-        };
-        self.driver.destroy(id, Some(&info)).await.unwrap();
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        // Kill whatever is in this harness's cgroups (including sandboxes
-        // whose create failed half-way), then remove the cgroups.
-        let layout = warren_linux::cgroup::CgroupLayout::detect();
-        let parents: Vec<PathBuf> = layout
-            .dirs(&self.parent, "x")
-            .into_iter()
-            .filter_map(|d| d.parent().map(PathBuf::from))
-            .collect();
-        for parent in &parents {
-            for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
-                let procs =
-                    std::fs::read_to_string(entry.path().join("cgroup.procs")).unwrap_or_default();
-                for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                    // SAFETY: kill(2) and waitpid(2) on processes in this test's own
-                    // cgroup; waitpid reaps the ones reparented to us (ECHILD otherwise).
-                    unsafe {
-                        libc::kill(pid, libc::SIGKILL);
-                        libc::waitpid(pid, std::ptr::null_mut(), 0);
-                    }
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-        for parent in &parents {
-            for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
-                let _ = std::fs::remove_dir(entry.path());
-            }
-        }
-        layout.remove_parent_if_empty(&self.parent);
-    }
-}
 
 fn mountinfo_mentions(path: &std::path::Path) -> bool {
     std::fs::read_to_string("/proc/self/mountinfo")
@@ -153,7 +24,8 @@ fn mountinfo_mentions(path: &std::path::Path) -> bool {
 async fn sandbox_runs_commands_in_its_own_namespaces() {
     require_root!();
     let h = Harness::new();
-    let spec = h.spec("nsbasics1");
+    let mut spec = h.spec("nsbasics1");
+    spec.env = vec![("GREETING".into(), "hello".into())];
     let info = h.create(&spec).await;
     assert!(info.pid > 1);
 

@@ -5,6 +5,9 @@ mod api_json;
 mod attach;
 mod auth;
 mod error;
+mod file_transfer;
+mod files;
+mod images;
 mod openapi;
 mod process_stream;
 mod request_log;
@@ -24,6 +27,7 @@ use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::{TcpListener, UnixListener};
+use warren_runtime::images::ImageStore;
 use warren_runtime::Driver;
 use warren_store::Store;
 
@@ -52,6 +56,11 @@ pub struct ServerConfig {
     /// Disk bound (MiB) for sandboxes whose request gives no `diskMb`;
     /// `None` leaves them unbounded.
     pub default_disk_mb: Option<u64>,
+    /// The host uid/gid range sandboxes map their ids to (first id, count);
+    /// image layers are unpacked with owners shifted into it.
+    pub id_map: (u32, u32),
+    /// Largest file or tar upload in MiB (`None`: 4096).
+    pub max_upload_mb: Option<u64>,
 }
 
 /// What every handler can reach.
@@ -75,10 +84,16 @@ impl AppState {
         driver: Arc<dyn Driver>,
         default_disk_mb: Option<u64>,
     ) -> Self {
+        Self::with_service(
+            store.clone(),
+            SandboxService::new(store, driver).with_default_disk_mb(default_disk_mb),
+        )
+    }
+
+    /// State around a configured service.
+    pub fn with_service(store: Store, service: SandboxService) -> Self {
         Self {
-            service: Arc::new(
-                SandboxService::new(store.clone(), driver).with_default_disk_mb(default_disk_mb),
-            ),
+            service: Arc::new(service),
             store,
         }
     }
@@ -124,6 +139,8 @@ fn build_router(state: AppState, require_key: bool) -> Router {
             "/v1/sandboxes/{id}/processes/{pid}/attach",
             get(routes::attach_process),
         )
+        .merge(files::router())
+        .merge(images::router())
         .route("/healthz", get(routes::healthz))
         .route("/openapi.json", get(routes::openapi_json))
         .fallback(routes::not_found)
@@ -206,7 +223,27 @@ pub async fn serve(
     driver: Arc<dyn Driver>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let state = AppState::with_default_disk_mb(store, driver, config.default_disk_mb);
+    let images_dir = config.data_dir.join("images");
+    let images = ImageStore::open(&images_dir, config.id_map.0, config.id_map.1)
+        .with_context(|| format!("opening the image store in {}", images_dir.display()))?
+        .with_sandboxes_dir(config.data_dir.join("sandboxes"));
+    match images.sweep() {
+        Ok(swept) if swept.layers_removed > 0 => tracing::info!(
+            layers = swept.layers_removed,
+            bytes = swept.bytes_freed,
+            "removed image layers nothing uses any more"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not sweep unused image layers"),
+    }
+    let service = SandboxService::new(store.clone(), driver)
+        .with_default_disk_mb(config.default_disk_mb)
+        .with_images(Arc::new(images));
+    let service = match config.max_upload_mb {
+        Some(mb) => service.with_max_upload_bytes(mb.saturating_mul(1024 * 1024)),
+        None => service,
+    };
+    let state = AppState::with_service(store, service);
     state
         .service
         .recover()

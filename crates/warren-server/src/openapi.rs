@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes;
+use crate::{files, images, routes};
 
 /// Adds the bearer scheme used on the TCP listener.
 struct BearerAuth;
@@ -47,6 +47,25 @@ impl Modify for BearerAuth {
         routes::signal_process,
         routes::resize_process,
         routes::attach_process,
+        images::list_images,
+        images::get_image,
+        images::delete_image,
+        images::import_image,
+        images::pull_image,
+        files::download_file,
+        files::upload_file,
+        files::remove_file,
+        files::stat_file,
+        files::file_exists,
+        files::list_files,
+        files::make_dir,
+        files::move_file,
+        files::find_files,
+        files::grep_files,
+        files::download_tar,
+        files::upload_tar,
+        files::watch_files,
+        files::list_changes,
         routes::healthz,
         routes::openapi_json,
     ),
@@ -73,12 +92,37 @@ impl Modify for BearerAuth {
         warren_api::ErrorBody,
         warren_api::ErrorDetail,
         warren_api::Health,
+        warren_api::Image,
+        warren_api::ImageConfig,
+        warren_api::ImageLayer,
+        warren_api::ImageList,
+        warren_api::ImageRemoved,
+        warren_api::PullImageRequest,
+        warren_api::PullProgress,
+        warren_api::PullProgressKind,
+        warren_api::FileKind,
+        warren_api::FileStat,
+        warren_api::FileExists,
+        warren_api::FileList,
+        warren_api::MkdirRequest,
+        warren_api::MoveRequest,
+        warren_api::FindResult,
+        warren_api::GrepMatch,
+        warren_api::GrepResult,
+        warren_api::TarUploadResult,
+        warren_api::WatchEvent,
+        warren_api::WatchEventKind,
+        warren_api::ChangeKind,
+        warren_api::FileChange,
+        warren_api::ChangeList,
     )),
     modifiers(&BearerAuth),
     security(("apiKey" = [])),
     tags(
         (name = "sandboxes", description = "Create, list, run commands in and delete sandboxes"),
         (name = "processes", description = "Background processes: start, list, stream output (SSE), stdin, signals"),
+        (name = "images", description = "OCI images: list, inspect, remove, import archives, pull from registries (SSE progress)"),
+        (name = "files", description = "Files inside a sandbox: read, write (streamed), list, search, tar, watch (SSE), changes"),
         (name = "daemon", description = "Health and API description"),
     )
 )]

@@ -138,6 +138,9 @@ fn resolve_resources(
 
 /// Checks a user name: `root`, or a POSIX-style login name.
 pub fn check_user(field: &str, user: &str) -> Result<(), ApiError> {
+    if is_numeric_user(user) {
+        return Ok(());
+    }
     let mut chars = user.chars();
     let first_ok = chars
         .next()
@@ -146,10 +149,24 @@ pub fn check_user(field: &str, user: &str) -> Result<(), ApiError> {
         chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
     if !first_ok || !rest_ok || user.len() > 32 {
         return Err(ApiError::invalid_value(format!(
-            "{field} must be a user name of at most 32 characters: a lowercase letter or _ followed by lowercase letters, digits, _ or -; got {user:?}"
+            "{field} must be a user name of at most 32 characters (a lowercase letter or _ followed by lowercase letters, digits, _ or -) or a numeric UID[:GID]; got {user:?}"
         )));
     }
     Ok(())
+}
+
+/// `UID` or `UID:GID` in decimal, as OCI images write `User`.
+fn is_numeric_user(user: &str) -> bool {
+    let number = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 10
+            && s.bytes().all(|b| b.is_ascii_digit())
+            && s.parse::<u32>().is_ok()
+    };
+    match user.split_once(':') {
+        Some((uid, gid)) => number(uid) && number(gid),
+        None => number(user),
+    }
 }
 
 /// Applies defaults and checks every field of a create request.

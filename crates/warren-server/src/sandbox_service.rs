@@ -11,9 +11,10 @@ use warren_api::{
     CreateSandboxRequest, ErrorCode, ExecRequest, ExecResult, Process, Sandbox, SandboxState,
     StartProcessRequest, SIGNAL_NAMES,
 };
+use warren_runtime::images::{ImageError, ImageInfo, ImageStore};
 use warren_runtime::{
-    Driver, DriverError, ProcessControl, ProcessEvent, ProcessInfo, RuntimeInfo, SandboxSpec,
-    SpawnSpec,
+    ChangeTracking, Driver, DriverError, FileControl, ProcessControl, ProcessEvent, ProcessInfo,
+    RuntimeInfo, SandboxSpec, SpawnSpec,
 };
 use warren_store::{SandboxRecord, Store};
 
@@ -22,6 +23,10 @@ use crate::request_validation::{validate_create, validate_exec};
 
 /// Length of a sandbox id.
 pub const SANDBOX_ID_LEN: usize = 20;
+
+/// Largest upload accepted unless configured otherwise (4 GiB, the default
+/// of `warren serve --max-upload-mb`).
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 4096 * 1024 * 1024;
 
 /// Reason recorded for sandboxes whose processes vanished while the daemon was down.
 pub const GONE_AFTER_RESTART: &str = "sandbox process is gone after daemon restart";
@@ -152,10 +157,43 @@ pub struct SandboxService {
     driver: Arc<dyn Driver>,
     /// Disk bound for sandboxes whose request has none.
     default_disk_mb: Option<u64>,
+    /// Stored OCI images (`None`: only the built-in `host` image).
+    images: Option<Arc<ImageStore>>,
+    /// Largest file or tar upload accepted, in bytes.
+    max_upload_bytes: u64,
     /// One lock per sandbox, held across each state transition so that, for
     /// example, a delete waits for a create in progress. Exec does not hold it
     /// while the command runs.
     locks: StdMutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+/// An image's `Env`, `WorkingDir` and `User` become the request's defaults;
+/// what the request says wins.
+fn apply_image_defaults(req: &mut CreateSandboxRequest, image: &ImageInfo) {
+    let env = req.env.get_or_insert_with(Default::default);
+    for entry in &image.config.env {
+        if let Some((key, value)) = entry.split_once('=') {
+            env.entry(key.to_owned())
+                .or_insert_with(|| value.to_owned());
+        }
+    }
+    if env.is_empty() {
+        req.env = None;
+    }
+    if req.workdir.is_none() {
+        req.workdir = image
+            .config
+            .working_dir
+            .clone()
+            .filter(|w| w.starts_with('/'));
+    }
+    if req.user.is_none() {
+        req.user = image
+            .config
+            .user
+            .clone()
+            .filter(|u| !matches!(u.as_str(), "" | "root" | "0" | "0:0"));
+    }
 }
 
 fn parse_runtime(record: &SandboxRecord) -> Option<RuntimeInfo> {
@@ -176,6 +214,8 @@ impl SandboxService {
             store,
             driver,
             default_disk_mb: None,
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+            images: None,
             locks: StdMutex::new(HashMap::new()),
         }
     }
@@ -184,6 +224,91 @@ impl SandboxService {
     pub fn with_default_disk_mb(mut self, default_disk_mb: Option<u64>) -> Self {
         self.default_disk_mb = default_disk_mb;
         self
+    }
+
+    /// Refuses file and tar uploads larger than this many bytes (413).
+    pub fn with_max_upload_bytes(mut self, max_upload_bytes: u64) -> Self {
+        self.max_upload_bytes = max_upload_bytes;
+        self
+    }
+
+    /// The largest upload accepted, in bytes.
+    pub fn max_upload_bytes(&self) -> u64 {
+        self.max_upload_bytes
+    }
+
+    /// Lets sandboxes use the images of this store.
+    pub fn with_images(mut self, images: Arc<ImageStore>) -> Self {
+        self.images = Some(images);
+        self
+    }
+
+    /// The image store, when there is one.
+    pub fn images(&self) -> Option<&Arc<ImageStore>> {
+        self.images.as_ref()
+    }
+
+    /// A stored OCI image by name or digest; 422 when there is none, since
+    /// the request names something that cannot be used.
+    fn stored_image(&self, name: &str) -> Result<ImageInfo, ApiError> {
+        let Some(images) = &self.images else {
+            return Err(ApiError::invalid_value(format!(
+                "image {name:?} is not available: this daemon has no image store"
+            )));
+        };
+        images.get(name).map_err(|e| match e {
+            ImageError::NotFound(_) | ImageError::InvalidReference(_) => {
+                ApiError::invalid_value(format!(
+                    "image {name:?} is not stored here; pull it (warren image pull {name}) \
+                     or import it first"
+                ))
+            }
+            other => ApiError::internal(format!("reading image {name:?}: {other}")),
+        })
+    }
+
+    /// Frees layers that were kept only for a sandbox now gone (its image
+    /// was removed or replaced meanwhile). Best effort: a failure is logged
+    /// and the next sweep retries.
+    async fn sweep_image_layers(&self) {
+        let Some(images) = self.images.clone() else {
+            return;
+        };
+        match tokio::task::spawn_blocking(move || images.sweep()).await {
+            Ok(Ok(swept)) if swept.layers_removed > 0 => tracing::info!(
+                layers = swept.layers_removed,
+                bytes = swept.bytes_freed,
+                "removed image layers no sandbox or image uses"
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not sweep unused image layers"),
+            Err(e) => tracing::warn!(error = %e, "image layer sweep task failed"),
+        }
+    }
+
+    /// The command an image runs when a request gives none: its
+    /// `Entrypoint` followed by its `Cmd`.
+    fn image_command(&self, image: &str) -> Option<Vec<String>> {
+        if image == warren_api::DEFAULT_IMAGE {
+            return None;
+        }
+        let info = self.stored_image(image).ok()?;
+        let argv: Vec<String> = info
+            .config
+            .entrypoint
+            .iter()
+            .chain(info.config.cmd.iter())
+            .cloned()
+            .collect();
+        (!argv.is_empty()).then_some(argv)
+    }
+
+    /// Fills `cmd` from the sandbox's image when the request has neither
+    /// `cmd` nor `shell`.
+    fn default_command(&self, record: &SandboxRecord, req: &mut ExecRequest) {
+        if req.cmd.is_none() && req.shell.is_none() {
+            req.cmd = self.image_command(&record.image);
+        }
     }
 
     async fn lock(&self, id: &str) -> OwnedMutexGuard<()> {
@@ -238,12 +363,33 @@ impl SandboxService {
 
     /// Validates the request, creates the sandbox and waits until it runs.
     /// A driver failure leaves the sandbox listed as `failed`.
-    pub async fn create(&self, req: CreateSandboxRequest) -> Result<Sandbox, ApiError> {
+    pub async fn create(&self, mut req: CreateSandboxRequest) -> Result<Sandbox, ApiError> {
+        let image = match req.image.as_deref() {
+            Some(name) if name != warren_api::DEFAULT_IMAGE && !name.is_empty() => {
+                let info = self.stored_image(name)?;
+                apply_image_defaults(&mut req, &info);
+                Some(info)
+            }
+            _ => None,
+        };
         let mut valid = validate_create(req, &self.driver.capacity())?;
         if valid.resources.disk_mb.is_none() {
             valid.resources.disk_mb = self.default_disk_mb;
         }
-        if !self.driver.has_image(&valid.image) {
+        // The lease keeps the layers until the sandbox's own record of its
+        // lower layers protects them.
+        let (layers, _lease) = match (&image, &self.images) {
+            (Some(info), Some(images)) => {
+                valid.image = info.name.clone();
+                let lease = images.lease_layers(info);
+                let dirs = images.layer_dirs(info).map_err(|e| {
+                    ApiError::internal(format!("image {} is incomplete: {e}", info.name))
+                })?;
+                (dirs, Some(lease))
+            }
+            _ => (Vec::new(), None),
+        };
+        if layers.is_empty() && !self.driver.has_image(&valid.image) {
             return Err(ApiError::invalid_value(format!(
                 "image {:?} is not available to the {} driver",
                 valid.image,
@@ -276,6 +422,7 @@ impl SandboxService {
         let spec = SandboxSpec {
             id: id.clone(),
             image: record.image.clone(),
+            layers,
             cpus: record.resources.cpus,
             // Validation caps memoryMb at 1 TiB, so this cannot overflow.
             memory_bytes: record.resources.memory_mb.saturating_mul(1024 * 1024),
@@ -340,12 +487,17 @@ impl SandboxService {
         self.store.delete_sandbox(id).await?;
         drop(guard);
         self.forget_lock(id);
+        if record.image != warren_api::DEFAULT_IMAGE {
+            self.sweep_image_layers().await;
+        }
         Ok(())
     }
 
     /// Runs one command to completion in a running sandbox.
     pub async fn exec(&self, id: &str, req: ExecRequest) -> Result<ExecResult, ApiError> {
         let record = self.record(id).await?;
+        let mut req = req;
+        self.default_command(&record, &mut req);
         let spec = validate_exec(req, &record.env, &record.workdir)?;
         if record.state != SandboxState::Running {
             return Err(ApiError::invalid_state(format!(
@@ -387,6 +539,21 @@ impl SandboxService {
         let _guard = self.lock(id).await;
         // Re-read under the lock: a concurrent delete may have won.
         match self.record(id).await {
+            Ok(current)
+                if current.state == SandboxState::Running
+                    && parse_runtime(&current).is_some_and(|i| self.driver.is_alive(id, &i)) =>
+            {
+                // The init lives: the agent could not serve this request
+                // (for example the sandbox's pids limit left it no thread).
+                // The sandbox is not failed; the caller may retry.
+                return ApiError::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "sandbox {id} is running but its agent could not serve the request \
+                         (is the sandbox out of processes or memory?): {message}"
+                    ),
+                );
+            }
             Ok(current) if current.state == SandboxState::Running => {
                 let reason = format!("sandbox agent unavailable: {message}");
                 if let Err(e) = self
@@ -463,19 +630,17 @@ impl SandboxService {
             Some(size) => Some(valid_pty_size(size)?),
             None => None,
         };
-        let spec = validate_exec(
-            ExecRequest {
-                cmd: req.cmd,
-                shell: req.shell,
-                cwd: req.cwd,
-                env: req.env,
-                stdin: None,
-                timeout_ms: req.timeout_ms,
-                user: req.user,
-            },
-            &record.env,
-            &record.workdir,
-        )?;
+        let mut exec = ExecRequest {
+            cmd: req.cmd,
+            shell: req.shell,
+            cwd: req.cwd,
+            env: req.env,
+            stdin: None,
+            timeout_ms: req.timeout_ms,
+            user: req.user,
+        };
+        self.default_command(&record, &mut exec);
+        let spec = validate_exec(exec, &record.env, &record.workdir)?;
         let spawn = SpawnSpec {
             argv: spec.argv,
             cwd: spec.cwd,
@@ -624,6 +789,60 @@ impl SandboxService {
             "recovered sandboxes"
         );
         Ok(report)
+    }
+}
+
+/// The file API's state checks and error mapping (routes in `files.rs`).
+impl SandboxService {
+    /// The running sandbox's file control; 404 for an unknown sandbox, 409
+    /// when it is not running or its driver has no file API.
+    pub(crate) async fn files_of(&self, id: &str) -> Result<&dyn FileControl, ApiError> {
+        self.require_running(id, "files are reachable").await?;
+        self.driver.files().ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::CapabilityUnsupported,
+                format!("the {} driver has no file API", self.driver.name()),
+            )
+        })
+    }
+
+    /// The running sandbox's change tracking; like [`Self::files_of`].
+    pub(crate) async fn changes_of(&self, id: &str) -> Result<&dyn ChangeTracking, ApiError> {
+        self.require_running(id, "changes are listed").await?;
+        self.driver.changes().ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::CapabilityUnsupported,
+                format!("the {} driver cannot list changes", self.driver.name()),
+            )
+        })
+    }
+
+    async fn require_running(&self, id: &str, what: &str) -> Result<(), ApiError> {
+        let record = self.record(id).await?;
+        if record.state != SandboxState::Running {
+            return Err(ApiError::invalid_state(format!(
+                "sandbox {id} is {}, not running; {what} only in running sandboxes",
+                record.state.as_str()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Maps a driver error of a file operation onto the API's errors, with
+    /// the driver's message.
+    pub(crate) async fn file_error(&self, id: &str, err: DriverError) -> ApiError {
+        match err {
+            DriverError::NotFound(message) => ApiError::new(ErrorCode::NotFound, message),
+            DriverError::Conflict(message) => ApiError::new(ErrorCode::Conflict, message),
+            DriverError::PermissionDenied(message) => {
+                ApiError::new(ErrorCode::PermissionDenied, message)
+            }
+            DriverError::NoSpace(message) => ApiError::new(ErrorCode::DiskFull, message),
+            DriverError::TooLarge(message) => ApiError::new(ErrorCode::TooLarge, message),
+            DriverError::Invalid(message) => ApiError::invalid_value(message),
+            DriverError::AgentUnavailable(message) => self.agent_gone(id, &message).await,
+            other => ApiError::internal(format!("file operation in sandbox {id} failed: {other}")),
+        }
     }
 }
 

@@ -83,6 +83,8 @@ async fn serves_on_a_private_unix_socket_and_recovers_first() {
         socket_path: socket_path.clone(),
         listen: None,
         default_disk_mb: None,
+        id_map: (1_000_000, 65536),
+        max_upload_mb: None,
     };
     let server = tokio::spawn(serve(
         config,

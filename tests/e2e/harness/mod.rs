@@ -34,6 +34,8 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub cgroup_parent: String,
     pub listen: Option<String>,
+    /// Extra arguments of `warren serve`.
+    pub serve_args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -42,8 +44,17 @@ impl Daemon {
         Self::start_with(None)
     }
 
+    /// Starts a daemon with extra `warren serve` arguments.
+    pub fn start_with_serve_args(args: &[&str]) -> Self {
+        Self::start_full(None, args.iter().map(|a| a.to_string()).collect())
+    }
+
     /// Starts a daemon that also listens on TCP at `listen` (`127.0.0.1:PORT`).
     pub fn start_with(listen: Option<String>) -> Self {
+        Self::start_full(listen, Vec::new())
+    }
+
+    fn start_full(listen: Option<String>, serve_args: Vec<String>) -> Self {
         warren_linux::cgroup::remove_orphaned_parents("warren-e2e");
         let data = tempfile::tempdir().unwrap();
         let socket = data.path().join("warren.sock");
@@ -62,6 +73,7 @@ impl Daemon {
             socket,
             cgroup_parent,
             listen,
+            serve_args,
             child: None,
         };
         daemon.spawn();
@@ -92,6 +104,7 @@ impl Daemon {
         if let Some(listen) = &self.listen {
             cmd.arg("--listen").arg(listen);
         }
+        cmd.args(&self.serve_args);
         self.child = Some(cmd.spawn().unwrap());
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
