@@ -3,6 +3,9 @@
 
 mod density;
 mod env;
+mod files;
+mod image;
+mod oci_registry;
 mod peers;
 mod report;
 mod scenarios;
@@ -25,9 +28,9 @@ use crate::scenarios::{Ctx, Rounds, AVAILABLE, UNAVAILABLE};
 #[derive(Debug, Parser)]
 #[command(name = "warren-bench")]
 struct Args {
-    /// `all`, or scenario names: create, exec, streaming, concurrent, density
-    /// (and the not yet available fork, snapshot, file-transfer, port-proxy,
-    /// warm-pool, pause-resume, gvisor-suspend).
+    /// `all`, or scenario names: create, exec, streaming, files (alias
+    /// file-transfer), image, concurrent, density (and the not yet available
+    /// fork, snapshot, port-proxy, warm-pool, pause-resume, gvisor-suspend).
     #[arg(required = true, value_name = "SCENARIO")]
     scenarios: Vec<String>,
     /// One counted round of each scenario, no warm-up (CI smoke run).
@@ -75,6 +78,12 @@ fn main() -> ExitCode {
 fn selected(names: &[String]) -> Result<Vec<&'static str>> {
     let mut out: Vec<&'static str> = Vec::new();
     for n in names {
+        // The issue calls it "file transfer".
+        let n = if n == "file-transfer" {
+            "files"
+        } else {
+            n.as_str()
+        };
         let expanded: Vec<&'static str> = if n == "all" {
             AVAILABLE.iter().chain(UNAVAILABLE).copied().collect()
         } else if let Some(s) = AVAILABLE.iter().chain(UNAVAILABLE).find(|s| **s == n) {
@@ -186,6 +195,7 @@ async fn run(args: Args) -> Result<()> {
             daemon_pid: bench_env.daemon_pid(),
             tmp: bench_env.dir.clone(),
             peer_cgroup: bench_env.peer_cgroup.clone(),
+            warren_bin: bin.clone(),
         };
         for name in &names {
             let r = match *name {
@@ -232,6 +242,24 @@ async fn run(args: Args) -> Result<()> {
                         streaming::size(args.quick) >> 20
                     );
                     streaming::streaming(&mut ctx).await
+                }
+                "files" => {
+                    let r = files::rounds(args.quick);
+                    eprintln!(
+                        "warren-bench: files ({} + {} rounds of {} MiB, then {} MiB with the daemon's RSS watched)",
+                        r.warmup,
+                        r.counted,
+                        files::size(args.quick) >> 20,
+                        files::rss_size(args.quick) >> 20
+                    );
+                    files::files(&mut ctx).await
+                }
+                "image" => {
+                    eprintln!(
+                        "warren-bench: image ({} rounds, each on a fresh daemon)",
+                        image::rounds(args.quick)
+                    );
+                    image::image(&mut ctx).await
                 }
                 "concurrent" => {
                     let total = if args.quick { 16 } else { 64 };

@@ -27,14 +27,21 @@ pub(crate) fn check_stop() -> Result<()> {
 pub const UNAVAILABLE: &[&str] = &[
     "fork",
     "snapshot",
-    "file-transfer",
     "port-proxy",
     "warm-pool",
     "pause-resume",
     "gvisor-suspend",
 ];
 /// Scenarios that run today, in `all` order.
-pub const AVAILABLE: &[&str] = &["create", "exec", "streaming", "concurrent", "density"];
+pub const AVAILABLE: &[&str] = &[
+    "create",
+    "exec",
+    "streaming",
+    "files",
+    "image",
+    "concurrent",
+    "density",
+];
 
 /// Round counts: (warm-up, counted).
 #[derive(Clone, Copy)]
@@ -57,6 +64,8 @@ pub struct Ctx {
     pub tmp: std::path::PathBuf,
     /// Cgroup parent for the peers' containers.
     pub peer_cgroup: String,
+    /// The `warren` binary the daemon runs (`image` starts fresh daemons).
+    pub warren_bin: std::path::PathBuf,
 }
 
 pub(crate) fn ms_since(t: Instant) -> f64 {
