@@ -7,25 +7,20 @@ use std::fs;
 use std::io::{self, IsTerminal, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::pin::Pin;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context};
 use async_compression::tokio::bufread::{ZstdDecoder, ZstdEncoder};
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 use warren_client::{ByteReader, Client, FileKind, TarCompression, UploadOptions};
 
 use crate::args::CpArgs;
 use crate::output::print_json;
-use crate::transfer_progress::human_bytes;
+use crate::transfer_progress::{human_bytes, ByteBar, ByteCounter, CountingReader};
 
 /// Size of the chunks a local tar is cut into.
 const CHUNK_BYTES: usize = 64 * 1024;
@@ -33,8 +28,6 @@ const CHUNK_BYTES: usize = 64 * 1024;
 const WRITE_BYTES: usize = 1024 * 1024;
 /// Chunks buffered between the tar writer thread and the upload.
 const CHUNKS_IN_FLIGHT: usize = 8;
-/// Time between two redraws of the progress line.
-const REDRAW_INTERVAL: Duration = Duration::from_millis(200);
 
 /// One side of a copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -603,102 +596,52 @@ impl Write for ChannelWriter {
     }
 }
 
-/// Bytes moved so far, and a progress line on stderr when wanted.
+/// Bytes moved so far, and a progress bar on stderr when wanted.
 struct Progress {
     show: bool,
-    bytes: Arc<AtomicU64>,
-    task: std::sync::Mutex<Option<JoinHandle<()>>>,
+    counter: ByteCounter,
+    bar: std::sync::Mutex<Option<ByteBar>>,
 }
 
 impl Progress {
     fn new(show: bool) -> Self {
         Self {
             show,
-            bytes: Arc::new(AtomicU64::new(0)),
-            task: std::sync::Mutex::new(None),
+            counter: ByteCounter::default(),
+            bar: std::sync::Mutex::new(None),
         }
     }
 
     /// Starts drawing (when wanted) against `total` bytes, if known.
     fn start(&self, total: Option<u64>) {
-        if !self.show {
-            return;
-        }
-        let bytes = self.bytes.clone();
-        let task = tokio::spawn(async move {
-            let started = Instant::now();
-            let mut ticker = tokio::time::interval(REDRAW_INTERVAL);
-            loop {
-                ticker.tick().await;
-                let done = bytes.load(Ordering::Relaxed);
-                let rate = done as f64 / started.elapsed().as_secs_f64().max(0.001);
-                let line = match total {
-                    Some(total) if total > 0 => format!(
-                        "{} / {} ({:.0}%)  {}/s",
-                        human_bytes(done),
-                        human_bytes(total),
-                        (done.min(total) as f64 / total as f64) * 100.0,
-                        human_bytes(rate as u64)
-                    ),
-                    _ => format!("{}  {}/s", human_bytes(done), human_bytes(rate as u64)),
-                };
-                let mut stderr = std::io::stderr().lock();
-                let _ = write!(stderr, "\r\x1b[2K{line}");
-                let _ = stderr.flush();
-            }
-        });
-        let mut slot = self.task.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(old) = slot.replace(task) {
-            old.abort();
+        let bar = ByteBar::start(
+            "copying".into(),
+            self.counter.clone(),
+            total,
+            "finishing",
+            !self.show,
+        );
+        let old = self
+            .bar
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(bar);
+        if let Some(old) = old {
+            old.finish();
         }
     }
 
     /// `reader`, counting what it yields.
-    fn counted<R: AsyncRead + Unpin>(&self, reader: R) -> Counted<R> {
-        Counted {
-            inner: reader,
-            bytes: self.bytes.clone(),
-        }
+    fn counted<R: AsyncRead + Unpin>(&self, reader: R) -> CountingReader<R> {
+        self.counter.counted(reader)
     }
 
-    /// Stops drawing and clears the line. The CLI's runtime has one
-    /// thread, so an aborted task can never draw again afterwards.
+    /// Stops drawing and clears the line.
     fn finish(&self) {
-        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(task) = task {
-            task.abort();
-            let mut stderr = std::io::stderr().lock();
-            let _ = write!(stderr, "\r\x1b[2K");
-            let _ = stderr.flush();
+        let bar = self.bar.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(bar) = bar {
+            bar.finish();
         }
-    }
-}
-
-impl Drop for Progress {
-    fn drop(&mut self) {
-        self.finish();
-    }
-}
-
-/// A reader that adds what it reads to a shared counter.
-struct Counted<R> {
-    inner: R,
-    bytes: Arc<AtomicU64>,
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for Counted<R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = &poll {
-            let read = (buf.filled().len() - before) as u64;
-            self.bytes.fetch_add(read, Ordering::Relaxed);
-        }
-        poll
     }
 }
 

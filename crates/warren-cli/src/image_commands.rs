@@ -4,12 +4,11 @@ use std::io::BufRead;
 use std::path::Path;
 use std::pin::Pin;
 use std::process::ExitCode;
-use std::task::{Context, Poll};
 
 use anyhow::{bail, Context as _};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::AsyncRead;
 use warren_client::{Client, Image, PullEvent, PullImageRequest};
 
 use crate::args::ImageCommand;
@@ -107,28 +106,6 @@ fn print_image_result(image: &Image, verb: &str, json: bool) -> anyhow::Result<E
     Ok(ExitCode::SUCCESS)
 }
 
-/// Counts the bytes read through it, for the upload bar.
-struct CountingReader<R> {
-    inner: R,
-    counter: ByteCounter,
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for CountingReader<R> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled {
-            this.counter.add((buf.filled().len() - before) as u64);
-        }
-        polled
-    }
-}
-
 /// `warren image import FILE --name NAME`: streams the file with a byte
 /// bar, prints the image name (JSON: the image).
 async fn import(client: &Client, file: &Path, name: &str, json: bool) -> anyhow::Result<ExitCode> {
@@ -153,10 +130,7 @@ async fn import(client: &Client, file: &Path, name: &str, json: bool) -> anyhow:
             );
             (Box::pin(opened), Some(meta.len()), label)
         };
-    let reader = CountingReader {
-        inner: reader,
-        counter: counter.clone(),
-    };
+    let reader = counter.counted(reader);
     let bar = ByteBar::start(label, counter, size, "unpacking", json);
     let result = client.import_image(name, reader, size).await;
     bar.finish();
@@ -333,10 +307,7 @@ mod tests {
     async fn counting_reader_counts_every_byte() {
         use tokio::io::AsyncReadExt;
         let counter = ByteCounter::default();
-        let mut reader = CountingReader {
-            inner: std::io::Cursor::new(vec![7u8; 100_000]),
-            counter: counter.clone(),
-        };
+        let mut reader = counter.counted(std::io::Cursor::new(vec![7u8; 100_000]));
         let mut sink = Vec::new();
         reader.read_to_end(&mut sink).await.unwrap();
         assert_eq!(counter.get(), 100_000);

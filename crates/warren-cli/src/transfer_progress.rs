@@ -255,6 +255,38 @@ impl ByteCounter {
     }
 }
 
+impl ByteCounter {
+    /// `reader`, adding what it yields to this counter.
+    pub fn counted<R>(&self, reader: R) -> CountingReader<R> {
+        CountingReader {
+            inner: reader,
+            counter: self.clone(),
+        }
+    }
+}
+
+/// Counts the bytes read through it, for a [`ByteBar`].
+pub struct CountingReader<R> {
+    inner: R,
+    counter: ByteCounter,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for CountingReader<R> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(())) = polled {
+            this.counter.add((buf.filled().len() - before) as u64);
+        }
+        polled
+    }
+}
+
 /// A redrawn `label [####----] done / total` line on stderr, shown only
 /// when stderr is a terminal; cleared when finished or dropped. (Like the
 /// spinner, it relies on the CLI's current-thread runtime: after `abort`
@@ -292,13 +324,18 @@ impl ByteBar {
                         )
                     }
                     Some(total) => format!(
-                        "{label} {} {} / {} {:.0}%",
+                        "{label} {} {} / {} {:.0}%  {}/s",
                         bar(done, total),
                         human_bytes(done),
                         human_bytes(total),
-                        done as f64 * 100.0 / total.max(1) as f64
+                        done as f64 * 100.0 / total.max(1) as f64,
+                        human_bytes((done as f64 / secs.max(0.001)) as u64)
                     ),
-                    None => format!("{label} {} {secs:.0}s", human_bytes(done)),
+                    None => format!(
+                        "{label} {}  {}/s",
+                        human_bytes(done),
+                        human_bytes((done as f64 / secs.max(0.001)) as u64)
+                    ),
                 };
                 let mut stderr = std::io::stderr().lock();
                 let _ = write!(stderr, "\r\x1b[2K{text}");
