@@ -682,9 +682,14 @@ fn registry_credentials_come_from_stdin_and_refusals_are_403() {
     );
 }
 
+/// Unpacked layer directories in the store (not their `.diffid` markers).
 fn layer_dir_count(d: &Daemon) -> usize {
     std::fs::read_dir(d.data_dir().join("images/l"))
-        .map(|entries| entries.count())
+        .map(|entries| {
+            entries
+                .filter(|e| e.as_ref().is_ok_and(|e| e.path().is_dir()))
+                .count()
+        })
         .unwrap_or(0)
 }
 
@@ -736,4 +741,78 @@ fn replacing_an_image_keeps_the_layers_a_sandbox_runs_on() {
     let out = d.warren(&["run", "--image", "local/app:latest", "--", "ls", "/app"]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(text(&out.stdout), "", "new image has an empty /app");
+}
+
+/// An image whose /.warren, /proc, /dev, /sys and /tmp are symlinks to host
+/// paths cannot make sandbox setup (which runs before pivot_root, when the
+/// host's root is still reachable) create files or mount anything there:
+/// Warren's own mount points sit above the image's layers.
+#[test]
+fn image_symlinks_cannot_redirect_sandbox_setup_to_the_host() {
+    require!();
+    let host = tempfile::Builder::new()
+        .prefix("warren-evil-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    // World-writable, so only the path resolution can protect it.
+    std::fs::set_permissions(
+        host.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    for sub in ["w", "p", "d", "s", "t"] {
+        let dir = host.path().join(sub);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .unwrap();
+    }
+    let at = |sub: &str| host.path().join(sub).to_string_lossy().into_owned();
+    let (w, p, d, s, t) = (at("w"), at("p"), at("d"), at("s"), at("t"));
+    let evil = layer_tar(&[
+        Entry::Symlink(".warren".into(), &w),
+        Entry::Symlink("proc".into(), &p),
+        Entry::Symlink("dev".into(), &d),
+        Entry::Symlink("sys".into(), &s),
+        Entry::Symlink("tmp".into(), &t),
+    ]);
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("oci");
+    write_oci_layout(&layout, &[("v1", vec![busybox_layer(), evil])]);
+    let tar = work.path().join("evil.tar");
+    tar_dir(&layout, &tar);
+
+    let d = Daemon::start();
+    let out = d.warren(&[
+        "image",
+        "import",
+        tar.to_str().unwrap(),
+        "--name",
+        "local/evil:v1",
+    ]);
+    assert!(out.status.success(), "{}\n{}", text(&out.stderr), d.log());
+    let out = d.warren(&[
+        "run",
+        "--image",
+        "local/evil:v1",
+        "--",
+        "sh",
+        "-c",
+        "test -d /proc/self && test -c /dev/null && test -f /.warren/agent && echo inside",
+    ]);
+    assert_eq!(text(&out.stdout).trim(), "inside", "{out:?}\n{}", d.log());
+    for sub in ["w", "p", "d", "s", "t"] {
+        let entries: Vec<_> = std::fs::read_dir(host.path().join(sub))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            entries.is_empty(),
+            "sandbox setup wrote into host {sub}: {entries:?}"
+        );
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(host.path().to_str().unwrap()),
+        "something was mounted on the host path"
+    );
 }

@@ -227,3 +227,60 @@ out(res)
         "abstract socket accepted"
     );
 }
+
+/// A setuid-root program a sandbox makes (or an image brings) is owned by the
+/// sandbox's root, host uid 1000000. Other host users must not be able to
+/// run it from Warren's data directory and become that uid: `sandboxes/` and
+/// `images/` are open only to root and the sandboxes' own group.
+#[test]
+fn host_users_cannot_run_setuid_files_of_sandboxes() {
+    require_root!();
+    let d = Daemon::start();
+    // Make the whole path traversable like a default /var/lib/warren (0711).
+    std::fs::set_permissions(
+        d.data_dir(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .unwrap();
+    let id = d.create(&[]);
+    let r = sh(
+        &d,
+        &id,
+        10,
+        "cp /bin/true /workspace/suid && chmod 4755 /workspace/suid && echo ok",
+    );
+    assert_eq!(r.stdout.trim(), "ok", "{r:?}");
+    let upper_file = d
+        .data_dir()
+        .join(format!("sandboxes/{id}/upper/workspace/suid"));
+    let meta = std::fs::metadata(&upper_file).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o4000,
+        0o4000,
+        "the sandbox made a setuid file"
+    );
+    for dir in ["sandboxes", "images"] {
+        let meta = std::fs::metadata(d.data_dir().join(dir)).unwrap();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+            0o710,
+            "{dir}"
+        );
+        assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 0, "{dir}");
+    }
+    // `nobody` on the host tries to run it.
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(["sh", "-c", "exec \"$0\""])
+        .arg(&upper_file)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "nobody ran the sandbox's setuid file: {out:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{out:?}"
+    );
+}

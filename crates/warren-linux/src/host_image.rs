@@ -34,8 +34,9 @@ const PRIVATE_DIRS: &[(&str, u32)] = &[
     (".warren", 0o755),
 ];
 
-/// Directories of the base layer under OCI images: the mount points Warren
-/// needs, whatever the image has.
+/// Directories of the layer above OCI images: the mount points Warren needs,
+/// real directories whatever the image has there (an image's symlink must
+/// never steer setup, which runs before pivot_root).
 const OCI_BASE_DIRS: &[(&str, u32)] = &[
     ("proc", 0o555),
     ("sys", 0o555),
@@ -72,10 +73,11 @@ fn chown(path: &Path, uid: u32, gid: u32) -> io::Result<()> {
     std::os::unix::fs::lchown(path, Some(uid), Some(gid))
 }
 
-/// Builds (idempotently) the bottom layer of OCI-image sandboxes under
+/// Builds (idempotently) the top lower layer of OCI-image sandboxes under
 /// `dir` and returns its root: the mount points for /proc, /sys, /dev, the
-/// agent binary and a /tmp, owned by the sandbox root's host uid. Image
-/// layers stacked above it win wherever they have the same paths.
+/// agent binary and a /tmp, owned by the sandbox root's host uid. Stacked
+/// above the image's layers, its directories hide whatever the image has at
+/// those paths (a directory there merges; a symlink or file is hidden).
 pub fn prepare_oci_base(dir: &Path, uid: u32, gid: u32) -> io::Result<PathBuf> {
     let rootfs = dir.join("rootfs");
     std::fs::DirBuilder::new()

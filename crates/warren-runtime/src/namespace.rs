@@ -89,6 +89,17 @@ impl NamespaceDriver {
         }
         std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o711))
             .map_err(io_err(format!("chmod {}", data.display())))?;
+        // Image layers and sandboxes' upper directories hold files owned by
+        // the sandboxes' uids, setuid ones included. Only root and the
+        // sandboxes' own group (their root's host gid, which overlay needs
+        // to reach its layers) may enter; other host users may not run them.
+        for dir in ["images", "sandboxes"] {
+            let path = data.join(dir);
+            std::os::unix::fs::chown(&path, Some(0), Some(cfg.id_map_base))
+                .map_err(io_err(format!("chown {}", path.display())))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o710))
+                .map_err(io_err(format!("chmod {}", path.display())))?;
+        }
         let agent_path = install_agent(&data.join("bin"))?;
         let data_abs = std::fs::canonicalize(data).unwrap_or_else(|_| data.clone());
         let host_image = host_image::prepare(
@@ -187,8 +198,8 @@ impl NamespaceDriver {
                 .map_err(io_err(format!("chown {}", d.display())))?;
         }
         // The host image shows the host's system directories read-only over
-        // a skeleton; an OCI image is its own layers over a tiny base that
-        // only guarantees the mount points Warren needs.
+        // a skeleton; an OCI image is its own layers under a tiny top layer
+        // that guarantees the mount points Warren needs.
         let (lower_dirs, read_only_binds, hidden_files, private_files) = if spec.layers.is_empty() {
             (
                 vec![self.host_image.rootfs.clone()],
@@ -197,8 +208,11 @@ impl NamespaceDriver {
                 self.private_account_files(&dir)?,
             )
         } else {
-            let mut lowers = spec.layers.clone();
-            lowers.push(self.oci_base.clone());
+            // Warren's mount points sit ABOVE the image: setup runs before
+            // pivot_root, when an image's symlink (`proc -> /somewhere`,
+            // `.warren -> /var/lib/...`) would resolve on the host.
+            let mut lowers = vec![self.oci_base.clone()];
+            lowers.extend(spec.layers.iter().cloned());
             (lowers, Vec::new(), Vec::new(), Vec::new())
         };
         write_lowers_record(&dir, &lower_dirs)?;
