@@ -289,6 +289,25 @@ fn count_entries(dir: &Path) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
 
+/// The layer dirs in `l/`, checking each has its `.diffid` marker and no
+/// marker is left without its dir.
+fn count_layers(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let (mut dirs, mut markers) = (BTreeSet::new(), BTreeSet::new());
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "diffid") {
+            markers.insert(path.with_extension(""));
+        } else {
+            dirs.insert(path);
+        }
+    }
+    assert_eq!(dirs, markers, "layer dirs and diff_id markers differ");
+    dirs.len()
+}
+
 /// Checks the unpacked busybox image: contents, whiteout, opaque dir,
 /// owner shift, setuid.
 fn check_busybox_layers(store: &ImageStore, info: &ImageInfo) {
@@ -428,7 +447,7 @@ async fn oci_layout_and_docker_archive_import_share_layers_and_gc() {
         store.layer_dirs(&info).unwrap()
     );
     let layers_dir = store.root().join("l");
-    assert_eq!(count_entries(&layers_dir), 2, "each layer unpacked once");
+    assert_eq!(count_layers(&layers_dir), 2, "each layer unpacked once");
 
     // A third image sharing only the base layer.
     let other = build_image(
@@ -445,7 +464,7 @@ async fn oci_layout_and_docker_archive_import_share_layers_and_gc() {
         .import(stream(tar_dir(&other_layout)), "test/other", None)
         .await
         .unwrap();
-    assert_eq!(count_entries(&layers_dir), 3);
+    assert_eq!(count_layers(&layers_dir), 3);
     assert_eq!(
         store
             .list()
@@ -468,10 +487,10 @@ async fn oci_layout_and_docker_archive_import_share_layers_and_gc() {
     let freed = store.remove("test/busybox").unwrap();
     assert_eq!(freed.layers_removed, 1, "the top layer only");
     assert!(store.layer_dirs(&third).is_ok());
-    assert_eq!(count_entries(&layers_dir), 2);
+    assert_eq!(count_layers(&layers_dir), 2);
     let freed = store.remove(&third.digest).unwrap();
     assert_eq!(freed.layers_removed, 2);
-    assert_eq!(count_entries(&layers_dir), 0);
+    assert_eq!(count_layers(&layers_dir), 0);
     assert_eq!(
         count_entries(&store.root().join("blobs/sha256")),
         0,
@@ -513,7 +532,7 @@ async fn reimport_replaces_and_collects_old_layers() {
     }
     assert_eq!(store.list().unwrap().len(), 1);
     assert_eq!(
-        count_entries(&store.root().join("l")),
+        count_layers(&store.root().join("l")),
         1,
         "old layer collected"
     );
@@ -1114,11 +1133,244 @@ async fn concurrent_imports_of_the_same_layers() {
     for info in [&a, &b, &c] {
         check_busybox_layers(&store, info);
     }
-    assert_eq!(count_entries(&store.root().join("l")), 2);
+    assert_eq!(count_layers(&store.root().join("l")), 2);
     assert_eq!(count_entries(&store.root().join("tmp")), 0);
     for name in ["one", "two", "three"] {
         store.remove(name).unwrap();
     }
-    assert_eq!(count_entries(&store.root().join("l")), 0);
+    assert_eq!(count_layers(&store.root().join("l")), 0);
     assert_eq!(count_entries(&store.root().join("blobs/sha256")), 0);
+}
+
+/// What the hostile registry below serves.
+struct EvilRegistry {
+    manifest: Vec<u8>,
+    config: Vec<u8>,
+    config_digest: String,
+    realm_challenge: String,
+}
+
+/// A registry that misbehaves: `evil/bigblob` declares a 10-byte layer and
+/// sends endless bytes for it, `evil/errbody` answers with an endless
+/// error body, `evil/httprealm` asks for a token from a plain-http realm.
+async fn evil_registry(
+    axum::extract::State(evil): axum::extract::State<std::sync::Arc<EvilRegistry>>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+    let endless = || {
+        axum::body::Body::from_stream(futures_util::stream::repeat_with(|| {
+            Ok::<_, std::io::Error>(vec![b'x'; 64 * 1024])
+        }))
+    };
+    let path = request.uri().path().to_string();
+    if path.starts_with("/v2/evil/errbody/") {
+        return (StatusCode::INTERNAL_SERVER_ERROR, endless()).into_response();
+    }
+    if path.starts_with("/v2/evil/httprealm/") {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, evil.realm_challenge.clone())],
+            "",
+        )
+            .into_response();
+    }
+    if path == "/v2/evil/bigblob/manifests/latest" {
+        return (
+            [(
+                header::CONTENT_TYPE,
+                "application/vnd.oci.image.manifest.v1+json",
+            )],
+            evil.manifest.clone(),
+        )
+            .into_response();
+    }
+    if path == format!("/v2/evil/bigblob/blobs/{}", evil.config_digest) {
+        return evil.config.clone().into_response();
+    }
+    if path.starts_with("/v2/evil/bigblob/blobs/") {
+        return endless().into_response();
+    }
+    StatusCode::NOT_FOUND.into_response()
+}
+
+#[tokio::test]
+async fn hostile_registry_is_cut_off_and_sweep_frees_its_blobs() {
+    if skip_unless_root() {
+        return;
+    }
+    let image = build_image("amd64", vec![layer_tar(&[Item::Dir("etc", 0o755)])], true);
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": image.config_digest, "size": image.config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": sha(b"0123456789"), "size": 10}],
+    }))
+    .unwrap();
+    let evil = std::sync::Arc::new(EvilRegistry {
+        manifest,
+        config: image.config.clone(),
+        config_digest: image.config_digest.clone(),
+        realm_challenge: r#"Bearer realm="http://auth.warren-test.invalid/token",service="x""#
+            .to_string(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new().fallback(evil_registry).with_state(evil);
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    struct Abort(tokio::task::JoinHandle<std::io::Result<()>>);
+    impl Drop for Abort {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let _server = Abort(server);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(tmp.path().join("store"), ID_BASE, ID_COUNT).unwrap();
+    let opts = PullOptions::default();
+
+    // A blob longer than its descriptor: cut off, nothing kept.
+    let reference = format!("127.0.0.1:{port}/evil/bigblob");
+    let pull = store.pull(&reference, &opts, None);
+    let err = tokio::time::timeout(Duration::from_secs(60), pull)
+        .await
+        .expect("the endless blob was not cut off")
+        .unwrap_err();
+    assert!(matches!(err, ImageError::Registry(_)), "{err}");
+    assert!(err.to_string().contains("more than the 10 bytes"), "{err}");
+    let blobs_dir = store.root().join("blobs/sha256");
+    // The failed pull left its manifest and config blobs; sweep frees them.
+    assert!(count_entries(&blobs_dir) >= 2);
+    let summary = store.sweep().unwrap();
+    assert!(summary.bytes_freed > 0);
+    assert_eq!(count_entries(&blobs_dir), 0, "blobs left after sweep");
+    assert_eq!(count_entries(&store.root().join("tmp")), 0);
+
+    // An endless error body is read only up to its cap.
+    let reference = format!("127.0.0.1:{port}/evil/errbody");
+    let pull = store.pull(&reference, &opts, None);
+    let err = tokio::time::timeout(Duration::from_secs(60), pull)
+        .await
+        .expect("the endless error body was read forever")
+        .unwrap_err();
+    assert!(err.to_string().contains("larger than"), "{err}");
+
+    // Credentials are not sent to a plain-http token realm.
+    let creds = PullOptions {
+        username: Some("warren".into()),
+        password: Some("s3cret".into()),
+        ..Default::default()
+    };
+    let err = store
+        .pull(&format!("127.0.0.1:{port}/evil/httprealm"), &creds, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ImageError::Unauthorized(m) if m.contains("refusing to send credentials")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn relative_and_symlinked_roots_are_canonical() {
+    if skip_unless_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let real = tmp.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let canonical = std::fs::canonicalize(&real).unwrap();
+
+    // The same store through a path relative to the working directory.
+    let cwd = std::env::current_dir().unwrap();
+    let up = "../".repeat(cwd.components().count().saturating_sub(1));
+    let relative = Path::new(&up).join(link.strip_prefix("/").unwrap());
+    assert!(relative.is_relative());
+    let store = ImageStore::open(&relative, ID_BASE, ID_COUNT)
+        .unwrap()
+        .with_sandboxes_dir(tmp.path().join("sandboxes"));
+    assert_eq!(store.root(), canonical);
+
+    let image = busybox_image();
+    let layout = tmp.path().join("layout");
+    write_layout(&layout, &[&image], single_index(&image), &[]);
+    let info = store
+        .import(stream(tar_dir(&layout)), "canon/bb", None)
+        .await
+        .unwrap();
+    let dirs = store.layer_dirs(&info).unwrap();
+    assert!(dirs.iter().all(|d| d.starts_with(&canonical)), "{dirs:?}");
+
+    // A sandbox recorded its lowers through the symlink: the layers stay
+    // after the image is removed, and go once the sandbox does.
+    let via_link: Vec<_> = dirs
+        .iter()
+        .map(|d| link.join(d.strip_prefix(&canonical).unwrap()))
+        .collect();
+    let sandbox = tmp.path().join("sandboxes/sb1");
+    std::fs::create_dir_all(&sandbox).unwrap();
+    std::fs::write(
+        sandbox.join("lowers.json"),
+        serde_json::to_vec(&json!({ "lowers": via_link })).unwrap(),
+    )
+    .unwrap();
+    store.remove("canon/bb").unwrap();
+    store.sweep().unwrap();
+    assert!(
+        dirs.iter().all(|d| d.is_dir()),
+        "a mounted layer was removed"
+    );
+    std::fs::remove_dir_all(&sandbox).unwrap();
+    let summary = store.sweep().unwrap();
+    assert_eq!(summary.layers_removed, dirs.len());
+    assert_eq!(
+        count_entries(&canonical.join("l")),
+        0,
+        "layers or markers left"
+    );
+}
+
+#[tokio::test]
+async fn sweep_frees_the_blobs_of_failed_imports() {
+    if skip_unless_root() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(tmp.path().join("store"), ID_BASE, ID_COUNT).unwrap();
+    let image = busybox_image();
+    let layout = tmp.path().join("layout");
+    write_layout(&layout, &[&image], single_index(&image), &[]);
+    // The top layer's blob is missing: the import fails after storing the
+    // blobs it read before.
+    let (top, _) = image.blobs.iter().rev().nth(1).unwrap();
+    std::fs::remove_file(layout.join("blobs/sha256").join(&top["sha256:".len()..])).unwrap();
+    let err = store
+        .import(stream(tar_dir(&layout)), "broken/bb", None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ImageError::InvalidArchive(_)), "{err}");
+    let blobs_dir = store.root().join("blobs/sha256");
+    eprintln!(
+        "blobs left by the failed import: {}",
+        count_entries(&blobs_dir)
+    );
+    store.sweep().unwrap();
+    assert_eq!(count_entries(&blobs_dir), 0, "blobs left after sweep");
+    assert_eq!(count_layers(&store.root().join("l")), 0);
+
+    // A stored image keeps its blobs through a sweep.
+    let info = store
+        .import(stream(docker_archive(&image)), "good/bb", None)
+        .await
+        .unwrap();
+    let before = count_entries(&blobs_dir);
+    store.sweep().unwrap();
+    assert_eq!(count_entries(&blobs_dir), before);
+    assert!(store.layer_dirs(&info).is_ok());
 }

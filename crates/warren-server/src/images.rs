@@ -93,6 +93,11 @@ pub fn image_to_api(info: ImageInfo) -> Image {
     }
 }
 
+/// Linux `ENOSPC` (no space left on device).
+const ENOSPC: i32 = 28;
+/// Linux `EDQUOT` (disk quota exceeded).
+const EDQUOT: i32 = 122;
+
 /// The API error for an image store error.
 pub fn image_error(err: ImageError) -> ApiError {
     match err {
@@ -108,6 +113,17 @@ pub fn image_error(err: ImageError) -> ApiError {
             ApiError::new(ErrorCode::RegistryUnauthorized, err.to_string())
         }
         err @ ImageError::Registry(_) => ApiError::new(ErrorCode::RegistryError, err.to_string()),
+        ImageError::Io { context, source }
+            if matches!(source.raw_os_error(), Some(ENOSPC | EDQUOT)) =>
+        {
+            ApiError::new(
+                ErrorCode::DiskFull,
+                format!(
+                    "the image store's disk is full ({context}: {source}); \
+                     free space or remove unused images with `warren image rm`"
+                ),
+            )
+        }
         err @ ImageError::Io { .. } => ApiError::internal(format!("image store: {err}")),
     }
 }
@@ -531,6 +547,15 @@ mod tests {
             source: std::io::Error::other("y"),
         };
         assert_eq!(status(io), 500);
+        for errno in [ENOSPC, EDQUOT] {
+            let full = image_error(ImageError::Io {
+                context: "write blob".into(),
+                source: std::io::Error::from_raw_os_error(errno),
+            });
+            assert_eq!(full.status().as_u16(), 507);
+            assert_eq!(full.code.as_str(), "disk_full");
+            assert!(full.message.contains("disk is full"), "{}", full.message);
+        }
         let err = image_error(ImageError::NotFound("a/b:1".into()));
         assert_eq!(err.code.as_str(), "image_not_found");
     }

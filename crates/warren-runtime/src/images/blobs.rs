@@ -183,11 +183,19 @@ impl Drop for BlobWriter {
 #[derive(Default, Clone)]
 pub(crate) struct Pins {
     counts: Arc<Mutex<HashMap<String, usize>>>,
+    /// Live guards (imports, pulls and leases in flight), even empty ones.
+    guards: Arc<AtomicU64>,
 }
 
 impl Pins {
+    /// How many guards are alive.
+    pub(crate) fn active(&self) -> u64 {
+        self.guards.load(Ordering::SeqCst)
+    }
+
     /// Pins `digests` until the returned guard drops.
     pub(crate) fn pin(&self, digests: impl IntoIterator<Item = String>) -> PinGuard {
+        self.guards.fetch_add(1, Ordering::SeqCst);
         let mut guard = PinGuard {
             pins: self.clone(),
             digests: Vec::new(),
@@ -235,6 +243,7 @@ impl PinGuard {
 
 impl Drop for PinGuard {
     fn drop(&mut self) {
+        self.pins.guards.fetch_sub(1, Ordering::SeqCst);
         if let Ok(mut counts) = self.pins.counts.lock() {
             for d in &self.digests {
                 if let Some(n) = counts.get_mut(d) {

@@ -178,7 +178,8 @@ impl ImageStore {
     /// Opens (creating) the store under `root`. Layers are unpacked with
     /// owners shifted by `id_map_base` (uid N in the image becomes host uid
     /// `id_map_base + N`, for N < `id_map_count`), so they appear with
-    /// their own owners inside sandboxes. Leftovers of interrupted imports
+    /// their own owners inside sandboxes. `root` is made canonical
+    /// (absolute, symlinks resolved). Leftovers of interrupted imports
     /// and pulls (`root/tmp`) are deleted, so open one store per root.
     pub fn open(
         root: impl Into<PathBuf>,
@@ -188,6 +189,12 @@ impl ImageStore {
         let root = root.into();
         std::fs::create_dir_all(&root).map_err(|source| ImageError::Io {
             context: format!("create {}", root.display()),
+            source,
+        })?;
+        // Layer paths are compared with the absolute paths sandboxes record
+        // in `lowers.json`: use the canonical root whatever the caller gave.
+        let root = std::fs::canonicalize(&root).map_err(|source| ImageError::Io {
+            context: format!("resolve {}", root.display()),
             source,
         })?;
         // Leftovers of interrupted downloads and unpacks.

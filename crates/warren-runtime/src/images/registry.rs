@@ -21,6 +21,9 @@ use super::{ImageError, ImageInfo, ImageProgress, ImageStore, PullOptions};
 /// How often per layer a `Layer` progress event may be sent.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 
+/// The most Warren reads of a registry's error or token reply.
+const MAX_REPLY_BYTES: usize = 64 * 1024;
+
 /// Authorization for the registry, learned from its 401 challenges.
 enum Auth {
     None,
@@ -103,8 +106,19 @@ impl ImageStore {
             .pin([digest.clone(), manifest.config.digest.clone()]);
         pins.add(manifest.layers.iter().map(|l| l.digest.clone()));
         self.store_blob_bytes(&bytes, &digest)?;
+        if manifest.config.size == 0 || manifest.config.size > MAX_MANIFEST_BYTES {
+            return Err(ImageError::Registry(format!(
+                "config {} has size {} (must be 1..={MAX_MANIFEST_BYTES} bytes)",
+                manifest.config.digest, manifest.config.size
+            )));
+        }
         client
-            .fetch_blob(&self.root, &manifest.config.digest, None, &None)
+            .fetch_blob(
+                &self.root,
+                &manifest.config.digest,
+                manifest.config.size,
+                &None,
+            )
             .await?;
         let config_bytes = super::blobs::read_small_blob(&self.root, &manifest.config.digest)?;
         for layer in &manifest.layers {
@@ -118,7 +132,7 @@ impl ImageStore {
                 continue;
             }
             client
-                .fetch_blob(&self.root, &layer.digest, Some(layer.size), &progress)
+                .fetch_blob(&self.root, &layer.digest, layer.size, &progress)
                 .await?;
         }
         self.finish_image(
@@ -232,6 +246,7 @@ impl<'a> RegistryClient<'a> {
                     registry_message(response).await
                 )));
             }
+            credentials_allowed(&self.base, self.opts.insecure)?;
             self.auth = Auth::Basic;
             return Ok(());
         }
@@ -259,6 +274,7 @@ impl<'a> RegistryClient<'a> {
         }
         let mut request = self.http.get(&realm).query(&query);
         if let Some(user) = &self.opts.username {
+            credentials_allowed(&realm, self.opts.insecure)?;
             request = request.basic_auth(user, self.opts.password.clone());
         }
         let token_response = request.send().await.map_err(|e| self.unreachable(e))?;
@@ -274,7 +290,17 @@ impl<'a> RegistryClient<'a> {
             token: Option<String>,
             access_token: Option<String>,
         }
-        let token: Token = token_response.json().await.map_err(|e| {
+        let body = read_capped(token_response, MAX_REPLY_BYTES)
+            .await
+            .map_err(|e| {
+                ImageError::Unauthorized(format!("cannot read the token from {realm}: {e}"))
+            })?
+            .ok_or_else(|| {
+                ImageError::Unauthorized(format!(
+                    "token response from {realm} is larger than {MAX_REPLY_BYTES} bytes"
+                ))
+            })?;
+        let token: Token = serde_json::from_slice(&body).map_err(|e| {
             ImageError::Unauthorized(format!("bad token response from {realm}: {e}"))
         })?;
         let token = token.token.or(token.access_token).ok_or_else(|| {
@@ -335,12 +361,14 @@ impl<'a> RegistryClient<'a> {
         Ok((digest_of(&bytes), bytes, media_type))
     }
 
-    /// Streams a blob into the store, verifying its digest.
+    /// Streams a blob of `size` bytes (from its descriptor) into the store,
+    /// verifying its digest. A registry sending more than `size` bytes is
+    /// cut off as soon as it does, so it cannot fill the disk.
     async fn fetch_blob(
         &mut self,
         root: &std::path::Path,
         digest: &str,
-        size: Option<u64>,
+        size: u64,
         progress: &Option<mpsc::UnboundedSender<ImageProgress>>,
     ) -> Result<(), ImageError> {
         blob_path(root, digest)?;
@@ -361,12 +389,18 @@ impl<'a> RegistryClient<'a> {
                 registry_message(response).await
             )));
         }
-        let total = size.filter(|s| *s > 0).or(response.content_length());
+        if response.content_length().is_some_and(|n| n > size) {
+            return Err(too_big(digest, size));
+        }
+        let total = Some(size);
         let mut writer = BlobWriter::create(root)?;
         let mut stream = response.bytes_stream();
         let mut last = Instant::now();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| self.unreachable(e))?;
+            if writer.size().saturating_add(chunk.len() as u64) > size {
+                return Err(too_big(digest, size));
+            }
             // Chunks are small (tens of KiB); a local write does not stall
             // the runtime noticeably.
             writer
@@ -403,11 +437,62 @@ impl<'a> RegistryClient<'a> {
     }
 }
 
+/// The error for a blob whose content is longer than its descriptor says.
+fn too_big(digest: &str, size: u64) -> ImageError {
+    ImageError::Registry(format!(
+        "blob {digest}: the registry sent more than the {size} bytes its descriptor declares"
+    ))
+}
+
+/// Sending credentials to `url` is allowed over https, to a loopback host,
+/// or when the pull is explicitly `insecure`.
+fn credentials_allowed(url: &str, insecure: bool) -> Result<(), ImageError> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| ImageError::Unauthorized(format!("bad authentication URL {url:?}: {e}")))?;
+    let host = parsed.host_str().unwrap_or("");
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if parsed.scheme() == "https" || insecure || loopback {
+        return Ok(());
+    }
+    Err(ImageError::Unauthorized(format!(
+        "refusing to send credentials over plain {} to {url} \
+         (use https, or allow insecure registries for this pull)",
+        parsed.scheme()
+    )))
+}
+
+/// Reads at most `limit` bytes of `response`'s body: `None` when it is
+/// longer (the rest is not read).
+async fn read_capped(response: Response, limit: usize) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if body.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
 /// The registry's error text: the `errors[].message` of its JSON body, or
-/// the body itself.
+/// the body itself (read up to [`MAX_REPLY_BYTES`]).
 async fn registry_message(response: Response) -> String {
     let status = response.status();
-    let body = response.text().await.unwrap_or_default();
+    let (bytes, truncated) = match read_capped(response, MAX_REPLY_BYTES).await {
+        Ok(Some(bytes)) => (bytes, false),
+        Ok(None) => (Vec::new(), true),
+        Err(_) => (Vec::new(), false),
+    };
+    if truncated {
+        return format!("{status} (error body larger than {MAX_REPLY_BYTES} bytes, not read)");
+    }
+    let body = String::from_utf8_lossy(&bytes).into_owned();
     #[derive(serde::Deserialize)]
     struct Errors {
         errors: Vec<ErrorItem>,
@@ -479,6 +564,20 @@ mod tests {
                 "scope".into(),
                 "repository:library/busybox:pull,push".into()
             )
+        );
+    }
+
+    #[test]
+    fn credentials_only_go_over_https_or_to_loopback() {
+        assert!(credentials_allowed("https://auth.example.com/token", false).is_ok());
+        assert!(credentials_allowed("http://localhost:5000/token", false).is_ok());
+        assert!(credentials_allowed("http://127.0.0.1:5000/token", false).is_ok());
+        assert!(credentials_allowed("http://[::1]:5000/token", false).is_ok());
+        assert!(credentials_allowed("http://auth.example.com/token", true).is_ok());
+        let err = credentials_allowed("http://auth.example.com/token", false).unwrap_err();
+        assert!(
+            matches!(&err, ImageError::Unauthorized(m) if m.contains("refusing to send credentials")),
+            "{err}"
         );
     }
 }

@@ -11,7 +11,9 @@ use tokio::sync::mpsc;
 use super::blobs::{blob_path, io_error, temp_path, tmp_dir, PinGuard};
 use super::oci::{ConfigFile, Manifest};
 use super::reference::{normalize_name, parse_digest};
-use super::unpack::{ensure_layer, layer_dir, IdShift};
+use super::unpack::{
+    check_layer_dir, ensure_layer, layer_dir, layer_marker, IdShift, DIFF_ID_MARKER_EXT,
+};
 use super::{ImageError, ImageInfo, ImageProgress, ImageStore, LayerInfo, RemoveSummary};
 
 /// Sends a progress event when someone listens.
@@ -83,7 +85,8 @@ impl ImageStore {
     }
 
     /// The unpacked layer directories of `image`, top layer first (overlay
-    /// `lowerdir` order). Fails when one is missing.
+    /// `lowerdir` order). Fails when one is missing or its diff_id marker
+    /// does not name the layer.
     pub fn layer_dirs(&self, image: &ImageInfo) -> Result<Vec<PathBuf>, ImageError> {
         image
             .layers
@@ -91,7 +94,7 @@ impl ImageStore {
             .rev()
             .map(|layer| {
                 let dir = layer_dir(&self.root, &layer.diff_id)?;
-                if dir.is_dir() {
+                if check_layer_dir(&dir, &layer.diff_id)? {
                     Ok(dir)
                 } else {
                     Err(ImageError::NotFound(format!(
@@ -328,6 +331,7 @@ impl ImageStore {
                 summary.bytes_freed += size;
                 summary.layers_removed += 1;
             }
+            remove_marker(&dir)?;
         }
         Ok(summary)
     }
@@ -352,40 +356,100 @@ impl ImageStore {
                 continue;
             };
             if let Ok(record) = serde_json::from_slice::<Lowers>(&bytes) {
-                dirs.extend(record.lowers);
+                // Compared with paths under the (canonical) store root.
+                dirs.extend(
+                    record
+                        .lowers
+                        .into_iter()
+                        .map(|p| std::fs::canonicalize(&p).unwrap_or(p)),
+                );
             }
         }
         dirs
     }
 
     /// Deletes unpacked layers that no image record, import in flight or
-    /// sandbox uses: layers kept for a sandbox after their image was
-    /// removed or replaced, and leftovers of failed imports.
+    /// sandbox uses (layers kept for a sandbox after their image was
+    /// removed or replaced, and leftovers of failed imports), and, when no
+    /// import or pull is in flight, the blobs no image record references
+    /// (left by failed imports and pulls).
     pub fn sweep(&self) -> Result<RemoveSummary, ImageError> {
         let _lock = self.lock_records();
+        let records = self.read_records()?;
         let mut keep: HashSet<PathBuf> = self.layers_in_use_by_sandboxes();
-        for image in self.read_records()? {
+        let mut used_blobs = HashSet::new();
+        for image in &records {
+            used_blobs.insert(image.digest.clone());
+            used_blobs.insert(image.config_digest.clone());
             for layer in &image.layers {
                 keep.insert(layer_dir(&self.root, &layer.diff_id)?);
+                used_blobs.insert(layer.digest.clone());
             }
         }
         let mut summary = RemoveSummary::default();
-        let Ok(entries) = std::fs::read_dir(self.root.join("l")) else {
+        if let Ok(entries) = std::fs::read_dir(self.root.join("l")) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let is_marker = path.extension().is_some_and(|e| e == DIFF_ID_MARKER_EXT);
+                let dir = if is_marker {
+                    path.with_extension("")
+                } else {
+                    path
+                };
+                if keep.contains(&dir) || self.pins.pinned_layer_dir(&self.root, &dir) {
+                    continue;
+                }
+                if is_marker {
+                    // Removed with its dir, or alone when the dir is gone.
+                    if std::fs::symlink_metadata(&dir).is_err() {
+                        remove_marker(&dir)?;
+                    }
+                    continue;
+                }
+                let size = disk_usage(&dir);
+                std::fs::remove_dir_all(&dir)
+                    .map_err(io_error(format!("remove layer {}", dir.display())))?;
+                remove_marker(&dir)?;
+                summary.bytes_freed += size;
+                summary.layers_removed += 1;
+            }
+        }
+        // Imports and pulls pin their blobs only once they know them: with
+        // one in flight, leave blobs alone.
+        if self.pins.active() > 0 {
+            return Ok(summary);
+        }
+        let blobs_dir = self.root.join("blobs/sha256");
+        let Ok(entries) = std::fs::read_dir(&blobs_dir) else {
             return Ok(summary);
         };
         for entry in entries.flatten() {
-            let dir = entry.path();
-            let pinned = self.pins.pinned_layer_dir(&self.root, &dir);
-            if keep.contains(&dir) || pinned {
+            let digest = format!("sha256:{}", entry.file_name().to_string_lossy());
+            if used_blobs.contains(&digest) || self.pins.is_pinned(&digest) {
                 continue;
             }
-            let size = disk_usage(&dir);
-            std::fs::remove_dir_all(&dir)
-                .map_err(io_error(format!("remove layer {}", dir.display())))?;
-            summary.bytes_freed += size;
-            summary.layers_removed += 1;
+            let path = entry.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.is_dir() {
+                continue;
+            }
+            std::fs::remove_file(&path)
+                .map_err(io_error(format!("remove blob {}", path.display())))?;
+            summary.bytes_freed += meta.len();
         }
         Ok(summary)
+    }
+}
+
+/// Removes the diff_id marker of layer dir `dir`, if any.
+fn remove_marker(dir: &Path) -> Result<(), ImageError> {
+    let marker = layer_marker(dir);
+    match std::fs::remove_file(&marker) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_error(format!("remove {}", marker.display()))(e)),
     }
 }
 

@@ -20,6 +20,15 @@ const WHITEOUT_PREFIX: &str = ".wh.";
 /// The OCI opaque-directory marker.
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
 
+/// The most bytes of file content one unpacked layer may write (and, with
+/// some room for tar headers, the most uncompressed tar it may read):
+/// compression bombs fail instead of filling the disk.
+pub(crate) const MAX_LAYER_BYTES: u64 = 64 << 30;
+
+/// Extension of the marker file next to a layer dir holding its full
+/// diff_id (the dir name is only a prefix of it).
+pub(crate) const DIFF_ID_MARKER_EXT: &str = "diffid";
+
 /// How image uids/gids become host ids.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct IdShift {
@@ -46,19 +55,89 @@ pub(crate) fn layer_dir(root: &Path, diff_id: &str) -> Result<PathBuf, ImageErro
     Ok(root.join("l").join(&hex[..16]))
 }
 
+/// `root/l/<first 16 hex of diff_id>.diffid`: the full diff_id of the
+/// layer dir of the same name.
+pub(crate) fn layer_marker(dir: &Path) -> PathBuf {
+    dir.with_extension(DIFF_ID_MARKER_EXT)
+}
+
+/// Whether the layer dir `dir` is the published, complete unpack of
+/// `diff_id`: `Ok(true)` when its marker names `diff_id`, `Ok(false)` when
+/// the dir or its marker is missing (an incomplete unpack), and an error
+/// when the marker names another diff_id (a prefix collision: never
+/// reused).
+pub(crate) fn check_layer_dir(dir: &Path, diff_id: &str) -> Result<bool, ImageError> {
+    let marker = layer_marker(dir);
+    let recorded = match std::fs::read_to_string(&marker) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io_error(format!("read {}", marker.display()))(e)),
+    };
+    if recorded.trim() != diff_id {
+        return Err(ImageError::DigestMismatch(format!(
+            "layer dir {} belongs to diff_id {} (not {diff_id}): \
+             refusing to reuse it for a different layer",
+            dir.display(),
+            recorded.trim()
+        )));
+    }
+    Ok(is_real_dir(dir))
+}
+
+/// Records `diff_id` in the marker of `dest` (atomically: a temp file
+/// hard-linked into place), or checks the marker already there.
+fn write_marker(root: &Path, dest: &Path, diff_id: &str) -> Result<(), ImageError> {
+    let marker = layer_marker(dest);
+    let temp = temp_path(root, "diffid");
+    std::fs::write(&temp, diff_id).map_err(io_error(format!("write {}", temp.display())))?;
+    let linked = std::fs::hard_link(&temp, &marker);
+    let _ = std::fs::remove_file(&temp);
+    match linked {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            check_layer_dir(dest, diff_id).map(|_| ())
+        }
+        Err(e) => Err(io_error(format!("write {}", marker.display()))(e)),
+    }
+}
+
 /// Unpacks the layer blob at `blob` into its layer dir unless it is there
 /// already, verifying the uncompressed content against `diff_id`. The dir
-/// appears (by rename) only when complete; when two unpacks race, the
-/// first one wins.
+/// appears (by rename) only when complete, after its diff_id marker; when
+/// two unpacks race, the first one wins.
 pub(crate) fn ensure_layer(
     root: &Path,
     blob: &Path,
     diff_id: &str,
     ids: IdShift,
 ) -> Result<PathBuf, ImageError> {
+    ensure_layer_limited(root, blob, diff_id, ids, MAX_LAYER_BYTES)
+}
+
+/// [`ensure_layer`] with at most `limit` bytes of file content.
+pub(crate) fn ensure_layer_limited(
+    root: &Path,
+    blob: &Path,
+    diff_id: &str,
+    ids: IdShift,
+    limit: u64,
+) -> Result<PathBuf, ImageError> {
     let dest = layer_dir(root, diff_id)?;
-    if dest.is_dir() {
+    if check_layer_dir(&dest, diff_id)? {
         return Ok(dest);
+    }
+    if std::fs::symlink_metadata(&dest).is_ok() {
+        // Another unpack may have published it since the check above.
+        if check_layer_dir(&dest, diff_id)? {
+            return Ok(dest);
+        }
+        // Published dirs always have their marker first: this one was
+        // left by something else and is not trusted.
+        return Err(ImageError::InvalidArchive(format!(
+            "layer dir {} exists without a diff_id marker; \
+             remove the images using it and run a sweep",
+            dest.display()
+        )));
     }
     let parent = root.join("l");
     std::fs::create_dir_all(&parent).map_err(io_error("create layers dir"))?;
@@ -67,7 +146,8 @@ pub(crate) fn ensure_layer(
     std::fs::create_dir(&temp).map_err(io_error(format!("create {}", temp.display())))?;
     let result = File::open(blob)
         .map_err(io_error(format!("open layer blob {}", blob.display())))
-        .and_then(|file| unpack_verified(file, &temp, diff_id, ids));
+        .and_then(|file| unpack_verified_limited(file, &temp, diff_id, ids, limit))
+        .and_then(|()| write_marker(root, &dest, diff_id));
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&temp);
         return Err(e);
@@ -82,12 +162,15 @@ pub(crate) fn ensure_layer(
 }
 
 /// Decompresses (gzip, zstd or none, by magic bytes) and unpacks `file`
-/// into `dir`, checking the tar's sha256 against `diff_id`.
-pub(crate) fn unpack_verified(
+/// into `dir`, checking the tar's sha256 against `diff_id`. Writes at most
+/// `limit` bytes of file content and reads at most a little more than that
+/// of uncompressed tar.
+pub(crate) fn unpack_verified_limited(
     mut file: File,
     dir: &Path,
     diff_id: &str,
     ids: IdShift,
+    limit: u64,
 ) -> Result<(), ImageError> {
     let mut magic = [0u8; 4];
     let mut got = 0;
@@ -109,13 +192,30 @@ pub(crate) fn unpack_verified(
         }
         _ => Box::new(BufReader::new(file)),
     };
+    // Tar headers and padding take room too: allow 1/8 more, plus 1 MiB.
+    let read_limit = limit.saturating_add(limit / 8).saturating_add(1 << 20);
     let mut hashing = HashingReader {
         inner: reader,
         hasher: Sha256::new(),
+        read: 0,
+        limit: read_limit,
     };
-    unpack_tar(&mut hashing, dir, ids)?;
-    // The tar's end padding counts for the diff_id too.
-    io::copy(&mut hashing, &mut io::sink()).map_err(io_error("read layer"))?;
+    let too_big = || {
+        bad(format!(
+            "layer {diff_id} unpacks to more than {read_limit} bytes of tar (limit {limit} bytes)"
+        ))
+    };
+    let result = unpack_tar_limited(&mut hashing, dir, ids, limit)
+        // The tar's end padding counts for the diff_id too.
+        .and_then(|()| {
+            io::copy(&mut hashing, &mut io::sink())
+                .map(|_| ())
+                .map_err(io_error("read layer"))
+        });
+    if hashing.read > hashing.limit {
+        return Err(too_big());
+    }
+    result?;
     let actual = format!("sha256:{}", hex::encode(hashing.hasher.finalize()));
     if actual != diff_id {
         return Err(ImageError::DigestMismatch(format!(
@@ -128,12 +228,23 @@ pub(crate) fn unpack_verified(
 struct HashingReader<R> {
     inner: R,
     hasher: Sha256,
+    /// Bytes read so far.
+    read: u64,
+    /// Reading more than this many bytes fails.
+    limit: u64,
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.read > self.limit {
+            return Err(io::Error::other("layer too big"));
+        }
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
+        self.read += n as u64;
+        if self.read > self.limit {
+            return Err(io::Error::other("layer too big"));
+        }
         Ok(n)
     }
 }
@@ -144,7 +255,20 @@ fn bad(msg: String) -> ImageError {
 
 /// Unpacks the tar stream `reader` into `dir` (a directory private to the
 /// daemon, so checking each parent with lstat is race free).
+#[cfg(test)]
 pub(crate) fn unpack_tar(reader: impl Read, dir: &Path, ids: IdShift) -> Result<(), ImageError> {
+    unpack_tar_limited(reader, dir, ids, MAX_LAYER_BYTES)
+}
+
+/// Unpacks the tar stream `reader` into `dir` (see `unpack_tar`), writing
+/// at most `limit` bytes of file content.
+pub(crate) fn unpack_tar_limited(
+    reader: impl Read,
+    dir: &Path,
+    ids: IdShift,
+    limit: u64,
+) -> Result<(), ImageError> {
+    let mut written: u64 = 0;
     let mut archive = tar::Archive::new(reader);
     let mut dir_times: Vec<(PathBuf, u64)> = Vec::new();
     let entries = archive.entries().map_err(io_error("read layer tar"))?;
@@ -201,7 +325,18 @@ pub(crate) fn unpack_tar(reader: impl Read, dir: &Path, ids: IdShift) -> Result<
                 apply_owner_mode(&target, uid, gid, Some(mode))?;
                 dir_times.push((target, mtime));
             }
-            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+            tar::EntryType::GNUSparse => {
+                // Written out, the holes would become real zeros: a tiny
+                // entry could fill the disk.
+                return Err(bad(format!("{shown}: sparse files are not supported")));
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let size = entry.size();
+                if written.saturating_add(size) > limit {
+                    return Err(bad(format!(
+                        "{shown}: the layer's files exceed the limit of {limit} bytes"
+                    )));
+                }
                 remove_existing(&target, false)?;
                 let mut file = std::fs::OpenOptions::new()
                     .write(true)
@@ -210,7 +345,9 @@ pub(crate) fn unpack_tar(reader: impl Read, dir: &Path, ids: IdShift) -> Result<
                     .custom_flags(libc::O_NOFOLLOW)
                     .open(&target)
                     .map_err(io_error(format!("create {shown}")))?;
-                io::copy(&mut entry, &mut file).map_err(io_error(format!("write {shown}")))?;
+                let copied = io::copy(&mut (&mut entry).take(size), &mut file)
+                    .map_err(io_error(format!("write {shown}")))?;
+                written = written.saturating_add(copied);
                 drop(file);
                 apply_owner_mode(&target, uid, gid, Some(mode))?;
                 set_mtime(&target, mtime)?;
@@ -808,5 +945,108 @@ mod tests {
         );
         let leftovers = std::fs::read_dir(root.path().join("tmp")).unwrap().count();
         assert_eq!(leftovers, 0);
+    }
+
+    #[test]
+    fn sparse_entries_are_refused() {
+        if !is_root() {
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let data = b"abcd";
+        let mut h = tar::Header::new_gnu();
+        h.set_path("holes").unwrap();
+        h.set_entry_type(tar::EntryType::GNUSparse);
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        {
+            let gnu = h.as_gnu_mut().unwrap();
+            // One 4-byte chunk at 1 GiB: written out, a 1 GiB file.
+            gnu.sparse[0].set_offset(1 << 30);
+            gnu.sparse[0].set_length(data.len() as u64);
+            gnu.set_real_size((1 << 30) + data.len() as u64);
+        }
+        h.set_cksum();
+        let mut b = tar::Builder::new(Vec::new());
+        b.append(&h, &data[..]).unwrap();
+        let tar = b.into_inner().unwrap();
+        let dir = root.path().join("layer");
+        std::fs::create_dir(&dir).unwrap();
+        let err = unpack_tar(&tar[..], &dir, IDS).unwrap_err();
+        assert!(
+            matches!(&err, ImageError::InvalidArchive(m) if m.contains("sparse files are not supported")),
+            "{err}"
+        );
+        assert!(!dir.join("holes").exists());
+    }
+
+    #[test]
+    fn layers_over_the_size_cap_are_refused_and_removed() {
+        if !is_root() {
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        // 8 MiB of zeros compress to a few KiB: a small bomb.
+        let big = vec![0u8; 8 << 20];
+        let tar = RawTar::new().file("a", b"ok").file("zeros", &big).finish();
+        let diff_id = super::super::blobs::digest_of(&tar);
+        let blob_file = root.path().join("blob");
+        std::fs::write(&blob_file, gzip(&tar)).unwrap();
+        let err =
+            ensure_layer_limited(root.path(), &blob_file, &diff_id, IDS, 1 << 20).unwrap_err();
+        assert!(
+            matches!(&err, ImageError::InvalidArchive(m) if m.contains("limit")),
+            "{err}"
+        );
+        let dest = layer_dir(root.path(), &diff_id).unwrap();
+        assert!(!dest.exists());
+        assert!(!layer_marker(&dest).exists());
+        assert_eq!(
+            std::fs::read_dir(root.path().join("tmp")).unwrap().count(),
+            0
+        );
+        // Under the cap it unpacks.
+        let dir = ensure_layer_limited(root.path(), &blob_file, &diff_id, IDS, 16 << 20).unwrap();
+        assert_eq!(std::fs::metadata(dir.join("zeros")).unwrap().len(), 8 << 20);
+    }
+
+    #[test]
+    fn a_layer_dir_with_another_diff_id_is_never_reused() {
+        if !is_root() {
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let tar = RawTar::new().file("hello", b"world").finish();
+        let diff_id = super::super::blobs::digest_of(&tar);
+        let blob_file = root.path().join("blob");
+        std::fs::write(&blob_file, &tar).unwrap();
+        let dir = ensure_layer(root.path(), &blob_file, &diff_id, IDS).unwrap();
+        let marker = layer_marker(&dir);
+        assert_eq!(std::fs::read_to_string(&marker).unwrap(), diff_id);
+        // Reused when the marker matches.
+        assert_eq!(
+            ensure_layer(root.path(), &blob_file, &diff_id, IDS).unwrap(),
+            dir
+        );
+        // Another diff_id with the same 16-hex prefix (a collision).
+        let hex = &diff_id["sha256:".len()..];
+        let other_hex = format!(
+            "{}{}",
+            &hex[..16],
+            if hex.ends_with('0') { "1" } else { "0" }.repeat(48)
+        );
+        let other = format!("sha256:{other_hex}");
+        assert_eq!(layer_dir(root.path(), &other).unwrap(), dir);
+        let err = ensure_layer(root.path(), &blob_file, &other, IDS).unwrap_err();
+        assert!(
+            matches!(&err, ImageError::DigestMismatch(m) if m.contains("refusing to reuse")),
+            "{err}"
+        );
+        assert!(check_layer_dir(&dir, &other).is_err());
+        // A dir without its marker is not trusted either.
+        std::fs::remove_file(&marker).unwrap();
+        assert!(!check_layer_dir(&dir, &diff_id).unwrap());
+        let err = ensure_layer(root.path(), &blob_file, &diff_id, IDS).unwrap_err();
+        assert!(matches!(err, ImageError::InvalidArchive(_)), "{err}");
     }
 }
