@@ -970,3 +970,99 @@ fn cp_over_tcp_round_trips_trees_and_files() {
     ]);
     assert_one_line_error(&out, "unauthorized");
 }
+
+#[test]
+fn a_directory_download_with_an_unreadable_entry_fails_instead_of_being_partial() {
+    require_root!();
+    let d = Daemon::start();
+    let id = d.create(&["--user", "agent"]);
+    let out = d.warren(&[
+        "exec",
+        "-u",
+        "root",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        "mkdir -p /workspace/tree && echo ok > /workspace/tree/a-readable \
+         && echo secret > /workspace/tree/m-root-only && chmod 600 /workspace/tree/m-root-only \
+         && echo later > /workspace/tree/z-after && chmod 755 /workspace/tree \
+         && chmod 644 /workspace/tree/a-readable /workspace/tree/z-after",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Over HTTP the archive never completes: either an error status or a
+    // response body cut off (no end of the chunked body).
+    for extra in ["", "compression=zstd"] {
+        let got = std::panic::catch_unwind(|| get(&d, &id, "/tar", "/workspace/tree", extra));
+        if let Ok(r) = got {
+            assert_ne!(
+                r.status, 200,
+                "{extra}: a partial archive was served as complete"
+            );
+        }
+    }
+
+    // The CLI exits non-zero with one line.
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("copy");
+    let out = d.warren(&[
+        "cp",
+        &format!("{id}:/workspace/tree"),
+        dest.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&out, "incomplete");
+
+    // Readable by the user: the same copy succeeds.
+    let out = d.warren(&[
+        "exec",
+        "-u",
+        "root",
+        &id,
+        "--",
+        "chmod",
+        "644",
+        "/workspace/tree/m-root-only",
+    ]);
+    assert!(out.status.success());
+    let dest = tmp.path().join("copy2");
+    let out = d.warren(&[
+        "cp",
+        &format!("{id}:/workspace/tree"),
+        dest.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(dest.join("z-after")).unwrap(), b"later\n");
+    assert_eq!(
+        std::fs::read(dest.join("m-root-only")).unwrap(),
+        b"secret\n"
+    );
+}
+
+#[test]
+fn a_symlink_loop_is_invalid_not_forbidden() {
+    require_root!();
+    let d = Daemon::start();
+    let id = d.create(&[]);
+    sh(
+        &d,
+        &id,
+        "mkdir -p /workspace/loop && ln -s b /workspace/loop/a && ln -s a /workspace/loop/b",
+    );
+    let r = get(&d, &id, "", "/workspace/loop/a/x", "");
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(
+        r.message()
+            .contains("too many levels of symbolic links: /workspace/loop/a/x"),
+        "{}",
+        r.message()
+    );
+}

@@ -606,3 +606,70 @@ fn hard_links_to_host_files_cannot_be_written_through() {
     let r = request(&d.socket, "GET", &url, &[], b"");
     fx.assert_not_leaked("duplicate path parameter", &r);
 }
+
+/// A `**/` glob far past the limit used to recurse once per token in the
+/// agent (PID 1 of the sandbox) and overflow its stack. Now the daemon
+/// refuses it (422 naming `glob`) and the agent refuses it too.
+#[test]
+fn huge_globs_and_patterns_are_refused_and_the_sandbox_survives() {
+    require_root!();
+    let d = Daemon::start();
+    let id = d.create(&[]);
+    sh(
+        &d,
+        &id,
+        "mkdir -p /workspace/g/a/b && echo hit > /workspace/g/a/b/x",
+    );
+    let huge = "**/".repeat(4_000) + "x";
+    let find = |glob: &str| {
+        request(
+            &d.socket,
+            "GET",
+            &files_url(
+                id.as_str(),
+                "/find",
+                "/workspace/g",
+                &format!("glob={}", enc(glob)),
+            ),
+            &[],
+            b"",
+        )
+    };
+    let r = find(&huge);
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.message().contains("glob"), "{}", r.message());
+    let grep = |extra: &str| {
+        request(
+            &d.socket,
+            "GET",
+            &files_url(id.as_str(), "/grep", "/workspace/g", extra),
+            &[],
+            b"",
+        )
+    };
+    let r = grep(&format!("pattern=hit&glob={}", enc(&huge)));
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.message().contains("glob"), "{}", r.message());
+    let r = grep(&format!("pattern={}", enc(&"a".repeat(5000))));
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.message().contains("pattern"), "{}", r.message());
+    // A regex that compiles to something huge is refused by its size limit.
+    let r = grep(&format!("pattern={}", enc(r"(?:\w{1000}){1000}")));
+    assert_eq!(r.status, 422, "{}", r.text());
+
+    // The longest allowed glob of `**/` works and the agent is still there.
+    let max = "**/".repeat(340) + "x";
+    assert!(max.len() <= 1024);
+    let r = find(&max);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["items"][0]["path"], "/workspace/g/a/b/x");
+    let r = request(
+        &d.socket,
+        "GET",
+        &files_url(id.as_str(), "", "/workspace/g/a/b/x", ""),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 200, "the sandbox's agent died: {}", r.text());
+    assert_eq!(r.body, b"hit\n");
+}

@@ -215,6 +215,10 @@ async fn download(
         TarCompression::Zstd => Box::pin(ZstdDecoder::new(BufReader::new(tar))),
         TarCompression::None => tar,
     };
+    let tar: ByteReader = Box::pin(Incomplete {
+        inner: tar,
+        what: format!("{path} from sandbox {id}"),
+    });
     progress.start(None);
     let reader = progress.counted(tar);
     let Some(local) = local else {
@@ -235,6 +239,30 @@ async fn download(
         .await
         .context("the unpacking thread failed")?
         .with_context(|| format!("copying {path} from sandbox {id} failed"))
+}
+
+/// An archive download whose read failed (the daemon broke the response
+/// off because the sandbox could not archive everything, or the connection
+/// dropped) is an incomplete archive: say so, whatever the transport says.
+struct Incomplete {
+    inner: ByteReader,
+    what: String,
+}
+
+impl AsyncRead for Incomplete {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match self.inner.as_mut().poll_read(cx, buf) {
+            std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(io::Error::new(
+                e.kind(),
+                format!("the archive of {} is incomplete ({e})", self.what),
+            ))),
+            other => other,
+        }
+    }
 }
 
 /// Copies `reader` to `out` in large writes: tokio's files and stdout hand
@@ -260,7 +288,13 @@ async fn write_local_file(
     let name = local_name(target)?;
     let temp = target.with_file_name(format!(".{name}.warren-{}", std::process::id()));
     let result = async {
-        let file = tokio::fs::File::create(&temp)
+        // create_new (O_CREAT|O_EXCL): a symlink planted at the temporary
+        // name is never followed.
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
             .await
             .with_context(|| format!("cannot create {}", temp.display()))?;
         let n = copy_out(reader, file).await?;
@@ -274,7 +308,14 @@ async fn write_local_file(
     }
     .await;
     if result.is_err() {
-        let _ = tokio::fs::remove_file(&temp).await;
+        // Only our own file: a name that was already taken stays as it is.
+        let ours = !matches!(&result, Err(e) if e.chain().any(|c| {
+            c.downcast_ref::<io::Error>()
+                .is_some_and(|e| e.kind() == io::ErrorKind::AlreadyExists)
+        }));
+        if ours {
+            let _ = tokio::fs::remove_file(&temp).await;
+        }
     }
     result
 }
@@ -535,7 +576,11 @@ fn unpack_stripped(reader: impl Read, target: &Path) -> anyhow::Result<Copied> {
                 .context("reading a hard link")?
                 .with_context(|| format!("hard link {} has no target", name.display()))?
                 .into_owned();
-            let source = target.join(strip_first(&link)?);
+            let source_rel = strip_first(&link)?;
+            // The source must not lead through a symlink an earlier entry
+            // made either, or the link would reach a file outside.
+            check_no_symlink_on_the_way(target, &source_rel)?;
+            let source = target.join(source_rel);
             let _ = fs::remove_file(&dest);
             fs::hard_link(&source, &dest)
                 .with_context(|| format!("cannot link {}", dest.display()))?;
@@ -746,5 +791,52 @@ mod tests {
         let dst = tempfile::tempdir().unwrap();
         assert!(unpack_stripped(&tar[..], &dst.path().join("copy")).is_err());
         assert!(!outside.path().join("pwned").exists());
+    }
+
+    #[test]
+    fn unpacking_refuses_a_hard_link_whose_source_goes_through_a_symlink() {
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("secret"), b"secret").unwrap();
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_size(0);
+        header.set_mode(0o777);
+        builder
+            .append_link(&mut header, "d/l", outside.path())
+            .unwrap();
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Link);
+        header.set_size(0);
+        header.set_mode(0o644);
+        builder
+            .append_link(&mut header, "d/grab", "d/l/secret")
+            .unwrap();
+        let tar = builder.into_inner().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let err = unpack_stripped(&tar[..], &dst.path().join("copy")).unwrap_err();
+        assert!(err.to_string().contains("symlink"), "{err:#}");
+        assert!(!dst.path().join("copy/grab").exists());
+    }
+
+    #[tokio::test]
+    async fn a_symlink_at_the_temporary_name_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, b"keep").unwrap();
+        let target = dir.path().join("out.txt");
+        let temp = dir
+            .path()
+            .join(format!(".out.txt.warren-{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &temp).unwrap();
+        let mut data = &b"new content"[..];
+        assert!(write_local_file(&mut data, &target, None).await.is_err());
+        assert_eq!(fs::read(&victim).unwrap(), b"keep");
+        assert!(!target.exists());
+        // The planted link is left alone (it is not ours to remove).
+        assert!(fs::symlink_metadata(&temp)
+            .unwrap()
+            .file_type()
+            .is_symlink());
     }
 }

@@ -155,6 +155,138 @@ impl<R: AsyncRead + Unpin> AsyncRead for ExactLen<R> {
     }
 }
 
+/// Passes a tar stream through and checks its structure on the way: every
+/// header block is followed by its data, and the archive must end with the
+/// two zero blocks. The agent writes them only when every entry was read,
+/// so an end of stream before them (an unreadable entry, the agent gone)
+/// is an error on the reader, never a silently shorter archive. Sizes are
+/// read from the headers (octal or base-256); the agent's archives have no
+/// pax size overrides.
+struct TarEnd<R> {
+    inner: R,
+    /// The header block being collected.
+    header: [u8; 512],
+    filled: usize,
+    /// Data (padded to whole blocks) still to pass before the next header.
+    skip: u64,
+    /// Consecutive zero blocks seen where a header was due.
+    zero_blocks: u8,
+    /// Both end blocks were seen.
+    ended: bool,
+    path: String,
+}
+
+impl<R> TarEnd<R> {
+    fn new(inner: R, path: &str) -> Self {
+        Self {
+            inner,
+            header: [0; 512],
+            filled: 0,
+            skip: 0,
+            zero_blocks: 0,
+            ended: false,
+            path: path.to_string(),
+        }
+    }
+
+    fn feed(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() && !self.ended {
+            if self.skip > 0 {
+                let n = data
+                    .len()
+                    .min(usize::try_from(self.skip).unwrap_or(usize::MAX));
+                self.skip -= n as u64;
+                data = &data[n..];
+                continue;
+            }
+            let n = data.len().min(512 - self.filled);
+            self.header[self.filled..self.filled + n].copy_from_slice(&data[..n]);
+            self.filled += n;
+            data = &data[n..];
+            if self.filled < 512 {
+                continue;
+            }
+            self.filled = 0;
+            if self.header.iter().all(|b| *b == 0) {
+                self.zero_blocks += 1;
+                self.ended = self.zero_blocks >= 2;
+                continue;
+            }
+            self.zero_blocks = 0;
+            let size = header_size(&self.header).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("bad tar header from the agent: {}", self.path),
+                )
+            })?;
+            self.skip = size.div_ceil(512) * 512;
+        }
+        Ok(())
+    }
+}
+
+/// The entry size of a tar header block (bytes 124..136): octal, or
+/// base-256 when the first byte has its high bit set.
+fn header_size(header: &[u8; 512]) -> Option<u64> {
+    let field = &header[124..136];
+    if field[0] & 0x80 != 0 {
+        if field[0] != 0x80 || field[1..4].iter().any(|b| *b != 0) {
+            return None;
+        }
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&field[4..12]);
+        let size = u64::from_be_bytes(bytes);
+        // Room for the padding: refuse sizes that cannot be real.
+        return (size < u64::MAX / 2).then_some(size);
+    }
+    let text: Vec<u8> = field
+        .iter()
+        .copied()
+        .skip_while(|b| *b == b' ')
+        .take_while(|b| *b != 0 && *b != b' ')
+        .collect();
+    if text.is_empty() {
+        return Some(0);
+    }
+    u64::from_str_radix(std::str::from_utf8(&text).ok()?, 8).ok()
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for TarEnd<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let this = &mut *self;
+                let new = &buf.filled()[before..];
+                if new.is_empty() && !this.ended {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "the archive of {} is incomplete: the sandbox's agent stopped before \
+                             its end (an entry it could not read, e.g. permission denied)",
+                            this.path
+                        ),
+                    )));
+                }
+                let result = this.feed(new);
+                if result.is_err() {
+                    // An error hands over no bytes.
+                    buf.set_filled(before);
+                }
+                Poll::Ready(result)
+            }
+            other => other,
+        }
+    }
+}
+
 /// Sends `body` as chunks; stops early (without the end marker, which
 /// aborts the upload) past `max_bytes`. `Ok(Err(e))`: the body itself failed
 /// or was too large; `Err`: the socket failed (the agent has an answer).
@@ -412,7 +544,7 @@ impl FileControl for NamespaceDriver {
         });
         let mut stream = self.file_conn(id, &request).await?;
         match read_frame(&mut stream).await? {
-            Frame::Ack { .. } => Ok(Box::pin(stream)),
+            Frame::Ack { .. } => Ok(Box::pin(TarEnd::new(stream, path))),
             other => Err(unexpected(other)),
         }
     }
@@ -519,6 +651,66 @@ mod tests {
         let mut out = Vec::new();
         let err = short.read_to_end(&mut out).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    fn archive(entries: &[(&str, usize)], end: bool) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, size) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(*size as u64);
+            // All zeros: data that looks like end blocks must not count.
+            b.append_data(&mut h, name, &vec![0u8; *size][..]).unwrap();
+        }
+        if end {
+            b.into_inner().unwrap()
+        } else {
+            let out = b.get_ref().clone();
+            std::mem::forget(b);
+            out
+        }
+    }
+
+    async fn read_through(wire: Vec<u8>) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut r = TarEnd::new(&wire[..], "/d");
+        r.read_to_end(&mut out).await?;
+        assert_eq!(out, wire);
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn tar_streams_must_reach_their_end_blocks() {
+        let long = "long/".repeat(40);
+        let entries = [("a", 3000), (long.trim_end_matches('/'), 1), ("z", 0)];
+        assert!(read_through(archive(&entries, true)).await.is_ok());
+        assert!(read_through(archive(&[], true)).await.is_ok());
+        // Cut after whole entries (whose zero data looks like end blocks),
+        // inside a header, inside data: all errors.
+        let cut = archive(&entries, false);
+        let err = read_through(cut.clone()).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(err.to_string().contains("incomplete"), "{err}");
+        let full = archive(&entries, true);
+        for at in [0, 100, 512, 700, full.len() - 512, full.len() - 1] {
+            assert!(
+                read_through(full[..at].to_vec()).await.is_err(),
+                "cut at {at}"
+            );
+        }
+        // A size no archive can have.
+        let mut bad = archive(&[("x", 1)], true);
+        bad[124] = 0x80;
+        bad[125..136].fill(0xff);
+        assert!(read_through(bad).await.is_err());
+    }
+
+    #[test]
+    fn header_sizes_parse_octal_and_base256() {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(12345);
+        assert_eq!(header_size(h.as_bytes()), Some(12345));
+        h.set_size(1 << 40);
+        assert_eq!(header_size(h.as_bytes()), Some(1 << 40));
     }
 
     #[tokio::test]

@@ -584,6 +584,26 @@ async fn a_non_root_user_gets_the_kernels_permission_checks() {
         f.remove(id, "/workspace/closed/f", false).await,
         Err(DriverError::PermissionDenied(_))
     ));
+    // A directory download that cannot read everything fails instead of
+    // ending as a shorter but well-formed archive.
+    h.root_sh(
+        id,
+        "mkdir -p /workspace/dl/sub && echo a > /workspace/dl/a && \
+         echo s > /workspace/dl/m-secret && chmod 600 /workspace/dl/m-secret && \
+         echo z > /workspace/dl/z && chmod 644 /workspace/dl/a /workspace/dl/z && \
+         mkdir -m 0700 /workspace/dl2 && mkdir -m 0700 /workspace/dl2/closed && \
+         chmod 755 /workspace/dl2",
+    )
+    .await;
+    for dir in ["/workspace/dl", "/workspace/dl2"] {
+        let tar = f.download_tar(id, dir).await.unwrap();
+        let mut got = Vec::new();
+        let err = Box::into_pin(Box::new(tar))
+            .read_to_end(&mut got)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("incomplete"), "{dir}: {err}");
+    }
     // Root (the explicit user) still can.
     let st = f
         .write(
@@ -871,6 +891,46 @@ async fn tar_round_trip_and_hostile_archives() {
         f.upload_tar(id, "/workspace/up4", bytes(&archive), Some(1000))
             .await,
         Err(DriverError::TooLarge(_))
+    ));
+
+    // A base-256 size near u64::MAX (the limit check saturates; sizes that
+    // would wrap the archive offset the tar reader itself refuses): too
+    // large, and nothing of that entry is written. Entries before it stay.
+    let mut huge = Vec::new();
+    let mut hd = tar::Header::new_gnu();
+    hd.set_size(5000);
+    hd.set_mode(0o644);
+    hd.set_path("first.txt").unwrap();
+    hd.set_cksum();
+    huge.extend_from_slice(hd.as_bytes());
+    huge.resize(512 + 5120, b'a');
+    let claimed = u64::MAX - (1 << 20);
+    let mut hd = tar::Header::new_gnu();
+    hd.set_size(0);
+    hd.set_mode(0o644);
+    hd.set_path("huge.bin").unwrap();
+    let field = &mut hd.as_mut_bytes()[124..136];
+    field.fill(0);
+    field[0] = 0x80;
+    field[4..].copy_from_slice(&claimed.to_be_bytes());
+    hd.set_cksum();
+    assert_eq!(hd.entry_size().unwrap(), claimed);
+    huge.extend_from_slice(hd.as_bytes());
+    huge.resize(huge.len() + 200_000, b'x');
+    let refused = f
+        .upload_tar(id, "/workspace/up5", bytes(&huge), Some(100_000))
+        .await;
+    assert!(
+        matches!(refused, Err(DriverError::TooLarge(_))),
+        "{refused:?}"
+    );
+    assert_eq!(
+        f.stat(id, "/workspace/up5/first.txt").await.unwrap().size,
+        5000
+    );
+    assert!(matches!(
+        f.stat(id, "/workspace/up5/huge.bin").await,
+        Err(DriverError::NotFound(_))
     ));
 }
 

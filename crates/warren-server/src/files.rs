@@ -164,6 +164,22 @@ fn search_limit(limit: Option<i64>) -> Result<u32, ApiError> {
     }
 }
 
+/// Longest `glob` of find and grep (bytes).
+pub const MAX_GLOB_BYTES: usize = 1024;
+/// Longest `pattern` of grep (bytes).
+pub const MAX_PATTERN_BYTES: usize = 4096;
+
+/// 422 naming `field` when `value` is longer than `max` bytes.
+fn check_len(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    if value.len() > max {
+        return Err(ApiError::invalid_value(format!(
+            "{field} is longer than {max} bytes ({} bytes)",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
 fn header(value: &str) -> HeaderValue {
     // Every value built here is ASCII (numbers, dates, fixed words).
     HeaderValue::from_str(value).unwrap_or_else(|_| HeaderValue::from_static(""))
@@ -629,6 +645,7 @@ pub async fn find_files(
 ) -> Result<Json<FindResult>, ApiError> {
     let q = query(q)?;
     validate_path("path", &q.path)?;
+    check_len("glob", &q.glob, MAX_GLOB_BYTES)?;
     let limit = search_limit(q.limit)?;
     let files = state.service.files_of(&id).await?;
     match files.find(&id, &q.path, &q.glob, limit).await {
@@ -668,6 +685,10 @@ pub async fn grep_files(
 ) -> Result<Json<GrepResult>, ApiError> {
     let q = query(q)?;
     validate_path("path", &q.path)?;
+    check_len("pattern", &q.pattern, MAX_PATTERN_BYTES)?;
+    if let Some(glob) = &q.glob {
+        check_len("glob", glob, MAX_GLOB_BYTES)?;
+    }
     let spec = GrepSpec {
         root: q.path,
         pattern: q.pattern,
@@ -721,9 +742,37 @@ pub async fn download_tar(
     let zstd = parse_compression(q.compression.as_deref())?;
     let files = state.service.files_of(&id).await?;
     match files.download_tar(&id, &q.path).await {
-        Ok(stream) => Ok(tar_response(stream, zstd)),
+        Ok(stream) => Ok(tar_response(archive_head_checked(stream).await?, zstd)),
         Err(e) => Err(state.service.file_error(&id, e).await),
     }
+}
+
+/// How much of an archive is read before answering: a failure within it
+/// (typically an entry the sandbox's user cannot read, near the start of a
+/// small tree) becomes a proper error response instead of a cut-off body.
+const ARCHIVE_HEAD_BYTES: usize = 256 * 1024;
+
+/// Reads the start of `stream` (all of it when it is small) and gives back
+/// a stream that replays it; an error while reading it is answered as 409.
+async fn archive_head_checked(
+    mut stream: warren_runtime::ByteStream,
+) -> Result<warren_runtime::ByteStream, ApiError> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::with_capacity(64 * 1024);
+    let mut chunk = vec![0u8; 64 * 1024];
+    while head.len() < ARCHIVE_HEAD_BYTES {
+        match stream.read(&mut chunk).await {
+            Ok(0) => break,
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+            Err(e) => {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!("{e} (is every entry readable by the sandbox's user?)"),
+                ))
+            }
+        }
+    }
+    Ok(Box::pin(std::io::Cursor::new(head).chain(stream)))
 }
 
 fn tar_response(stream: warren_runtime::ByteStream, zstd: bool) -> Response {
@@ -906,6 +955,16 @@ mod tests {
         assert!(search_limit(Some(10_001)).is_err());
         assert!(search_limit(Some(0)).is_err());
         assert!(search_limit(Some(-1)).is_err());
+    }
+
+    #[test]
+    fn long_globs_and_patterns_are_422_naming_the_field() {
+        assert!(check_len("glob", &"a".repeat(MAX_GLOB_BYTES), MAX_GLOB_BYTES).is_ok());
+        let err = check_len("glob", &"**/".repeat(20_000), MAX_GLOB_BYTES).unwrap_err();
+        assert_eq!(err.status().as_u16(), 422);
+        assert!(err.message.contains("glob"), "{}", err.message);
+        let err = check_len("pattern", &"a".repeat(5000), MAX_PATTERN_BYTES).unwrap_err();
+        assert!(err.message.contains("pattern"), "{}", err.message);
     }
 
     #[test]

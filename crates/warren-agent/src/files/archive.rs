@@ -26,8 +26,9 @@ fn header_of(st: &libc::stat) -> tar::Header {
     h
 }
 
-/// Appends the entry `name` of `dir` as `archive_path`; unreadable or
-/// special entries are skipped, like `tar` does with a warning.
+/// Appends the entry `name` of `dir` as `archive_path`. An entry that
+/// cannot be read fails the whole archive (like `tar` exiting non-zero);
+/// special files (devices, fifos, sockets) are left out.
 fn append<W: Write>(
     builder: &mut tar::Builder<W>,
     dir: RawFd,
@@ -42,18 +43,14 @@ fn append<W: Write>(
             builder.append_data(&mut h, format!("{archive_path}/"), std::io::empty())
         }
         EntryKind::Symlink => {
-            let Ok(target) = sys::readlinkat(dir, name) else {
-                return Ok(());
-            };
+            let target = sys::readlinkat(dir, name)?;
             h.set_entry_type(tar::EntryType::Symlink);
             let target = String::from_utf8_lossy(&target).into_owned();
             builder.append_link(&mut h, archive_path, target)
         }
         EntryKind::File => {
-            let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK;
-            let Ok(fd) = sys::openat(dir, name, flags, 0) else {
-                return Ok(());
-            };
+            let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY;
+            let fd = sys::openat(dir, name, flags, 0)?;
             let size = st.st_size.max(0) as u64;
             h.set_entry_type(tar::EntryType::Regular);
             h.set_size(size);
@@ -89,10 +86,36 @@ pub fn download(root: &Root, req: &FilePathRequest, conn: &Conn) -> Result<(), F
     if send(conn, &Frame::Ack { stream: req.stream }).is_err() {
         return Ok(());
     }
-    // From here on a failure can only close the connection: the daemon's
-    // reader sees an archive without its end blocks.
-    let _ = write_archive(conn, &parent, &name, dir.as_ref(), &path);
+    // From here on a failure can only close the connection: the archive
+    // then lacks its end blocks, which the daemon turns into an error.
+    if let Err(e) = write_archive(conn, &parent, &name, dir.as_ref(), &path) {
+        eprintln!("warren-agent: tar download of {path} failed: {}", e.message);
+    }
     Ok(())
+}
+
+/// A writer that fails every write once `broken` is set, so that after an
+/// error nothing (in particular not the end blocks `tar::Builder` writes
+/// when dropped) can make a cut-short archive look complete.
+struct Breakable<W> {
+    inner: W,
+    broken: std::rc::Rc<std::cell::Cell<bool>>,
+}
+
+impl<W: Write> Write for Breakable<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.broken.get() {
+            return Err(std::io::Error::other("archive aborted"));
+        }
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.broken.get() {
+            return Err(std::io::Error::other("archive aborted"));
+        }
+        self.inner.flush()
+    }
 }
 
 /// Streams the archive of `name` in `parent` (and, for a directory, of
@@ -104,28 +127,49 @@ fn write_archive(
     dir: Option<&OwnedFd>,
     path: &str,
 ) -> Result<(), FileError> {
-    let out = BufWriter::with_capacity(BUFFER, conn.get_ref());
+    let broken = std::rc::Rc::new(std::cell::Cell::new(false));
+    let out = Breakable {
+        inner: BufWriter::with_capacity(BUFFER, conn.get_ref()),
+        broken: broken.clone(),
+    };
     let mut builder = tar::Builder::new(out);
-    let base = path::split(path).1.to_string();
-    if !base.is_empty() {
-        let st = sys::lstatat(parent.as_raw_fd(), name).map_err(os_err(path))?;
-        append(&mut builder, parent.as_raw_fd(), name, &st, &base).map_err(os_err(path))?;
-    }
-    if let Some(dir) = dir {
-        entries::walk(dir, path, u32::MAX, &mut |v| {
-            let archive_path = if base.is_empty() {
-                v.relative.to_string()
-            } else {
-                format!("{base}/{}", v.relative)
-            };
-            append(&mut builder, v.dir, v.name, v.st, &archive_path).map_err(os_err(v.path))?;
-            Ok(true)
-        })?;
+    let result = write_entries(&mut builder, parent, name, dir, path);
+    if result.is_err() {
+        // Dropping the builder now writes nothing more.
+        broken.set(true);
+        return result;
     }
     builder
         .into_inner()
         .and_then(|mut w| w.flush())
         .map_err(os_err(path))
+}
+
+/// The entries of [`write_archive`], without the end blocks.
+fn write_entries<W: Write>(
+    builder: &mut tar::Builder<W>,
+    parent: &OwnedFd,
+    name: &CStr,
+    dir: Option<&OwnedFd>,
+    path: &str,
+) -> Result<(), FileError> {
+    let base = path::split(path).1.to_string();
+    if !base.is_empty() {
+        let st = sys::lstatat(parent.as_raw_fd(), name).map_err(os_err(path))?;
+        append(builder, parent.as_raw_fd(), name, &st, &base).map_err(os_err(path))?;
+    }
+    if let Some(dir) = dir {
+        entries::walk_all(dir, path, &mut |v| {
+            let archive_path = if base.is_empty() {
+                v.relative.to_string()
+            } else {
+                format!("{base}/{}", v.relative)
+            };
+            append(builder, v.dir, v.name, v.st, &archive_path).map_err(os_err(v.path))?;
+            Ok(true)
+        })?;
+    }
+    Ok(())
 }
 
 /// The path of an archive entry as plain names, or an error for an absolute
@@ -220,19 +264,29 @@ pub fn upload(
                 sys::symlinkat(&path::cstring(&target)?, at, &last_c).map_err(os_err(&shown))?;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                if let Some(max) = req.max_bytes {
-                    if bytes + entry.size() > max {
+                // What may still be written; the header's size is only a
+                // claim, so the copy counts the bytes it really writes.
+                let room = req.max_bytes.map(|max| max.saturating_sub(bytes));
+                if let (Some(max), Some(room)) = (req.max_bytes, room) {
+                    if entry.size() > room {
                         return Err(too_large(max, &dir_path));
                     }
                 }
                 clear_for_file(at, &last_c, &shown)?;
                 let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
                 let fd = sys::openat(at, &last_c, flags, 0o600).map_err(os_err(&shown))?;
-                let written = copy_entry(&mut entry, &fd, &mut buf).map_err(|e| {
-                    let _ = sys::unlinkat(at, &last_c, 0);
-                    FileError::os(&shown, &e)
-                })?;
-                bytes += written;
+                let written = match copy_entry(&mut entry, &fd, &mut buf, room) {
+                    Ok(Some(n)) => n,
+                    Ok(None) => {
+                        let _ = sys::unlinkat(at, &last_c, 0);
+                        return Err(too_large(req.max_bytes.unwrap_or(0), &dir_path));
+                    }
+                    Err(e) => {
+                        let _ = sys::unlinkat(at, &last_c, 0);
+                        return Err(FileError::os(&shown, &e));
+                    }
+                };
+                bytes = bytes.saturating_add(written);
                 sys::fchmod(fd.as_raw_fd(), mode).map_err(os_err(&shown))?;
                 let _ = sys::set_mtime(fd.as_raw_fd(), mtime);
             }
@@ -259,24 +313,82 @@ fn too_large(max: u64, dir: &str) -> FileError {
     )
 }
 
-fn copy_entry(entry: &mut impl Read, fd: &OwnedFd, buf: &mut [u8]) -> std::io::Result<u64> {
+/// Copies `entry` into `fd`; `Ok(None)` (with at most `room` bytes
+/// written) when it holds more than `room` bytes.
+fn copy_entry(
+    entry: &mut impl Read,
+    fd: &OwnedFd,
+    buf: &mut [u8],
+    room: Option<u64>,
+) -> std::io::Result<Option<u64>> {
     let mut file = std::fs::File::from(fd.try_clone()?);
+    copy_limited(entry, &mut file, buf, room)
+}
+
+fn copy_limited(
+    from: &mut impl Read,
+    to: &mut impl Write,
+    buf: &mut [u8],
+    room: Option<u64>,
+) -> std::io::Result<Option<u64>> {
     let mut total = 0u64;
     loop {
-        let n = match entry.read(buf) {
-            Ok(0) => return Ok(total),
+        let n = match from.read(buf) {
+            Ok(0) => return Ok(Some(total)),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        file.write_all(&buf[..n])?;
-        total += n as u64;
+        let after = total.saturating_add(n as u64);
+        if room.is_some_and(|room| after > room) {
+            return Ok(None);
+        }
+        to.write_all(&buf[..n])?;
+        total = after;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copies_stop_at_the_room_left_whatever_the_header_claims() {
+        let mut buf = [0u8; 4];
+        let mut out = Vec::new();
+        let got = copy_limited(&mut &b"0123456789"[..], &mut out, &mut buf, Some(10)).unwrap();
+        assert_eq!(got, Some(10));
+        assert_eq!(out, b"0123456789");
+        let mut out = Vec::new();
+        let got = copy_limited(&mut &b"0123456789"[..], &mut out, &mut buf, Some(9)).unwrap();
+        assert_eq!(got, None);
+        assert!(out.len() <= 9, "{}", out.len());
+        // An endless entry (a base-256 size of u64::MAX) is cut, not copied.
+        let mut endless = std::io::repeat(b'x');
+        let mut out = Vec::new();
+        let got = copy_limited(&mut endless, &mut out, &mut buf, Some(1000)).unwrap();
+        assert_eq!(got, None);
+        assert!(out.len() <= 1000);
+    }
+
+    #[test]
+    fn a_broken_archive_writer_writes_nothing_more() {
+        let broken = std::rc::Rc::new(std::cell::Cell::new(false));
+        let mut out = Vec::new();
+        {
+            let w = Breakable {
+                inner: &mut out,
+                broken: broken.clone(),
+            };
+            let mut builder = tar::Builder::new(w);
+            let mut h = tar::Header::new_gnu();
+            h.set_size(3);
+            builder.append_data(&mut h, "a", &b"abc"[..]).unwrap();
+            broken.set(true);
+            // Dropping the builder tries to write the end blocks.
+        }
+        assert_eq!(out.len(), 1024, "header and one data block, no end blocks");
+    }
 
     #[test]
     fn entry_names_must_stay_inside() {

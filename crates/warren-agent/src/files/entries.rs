@@ -102,7 +102,23 @@ pub fn walk(
     max_depth: u32,
     visit: &mut dyn FnMut(&Visit<'_>) -> Result<bool, FileError>,
 ) -> Result<(), FileError> {
-    walk_level(dir, path, "", 1, max_depth, visit).map(drop)
+    walk_level(dir, path, "", 1, max_depth, false, visit).map(drop)
+}
+
+/// Like [`walk`] with no depth limit, but an entry or subdirectory that
+/// cannot be read is an error rather than skipped (an entry removed
+/// meanwhile is still skipped): for an archive that must be complete.
+pub fn walk_all(
+    dir: &OwnedFd,
+    path: &str,
+    visit: &mut dyn FnMut(&Visit<'_>) -> Result<bool, FileError>,
+) -> Result<(), FileError> {
+    walk_level(dir, path, "", 1, u32::MAX, true, visit).map(drop)
+}
+
+/// True for the errors a strict walk still skips: the entry went away.
+fn vanished(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOENT)
 }
 
 fn walk_level(
@@ -111,6 +127,7 @@ fn walk_level(
     relative: &str,
     depth: u32,
     max_depth: u32,
+    strict: bool,
     visit: &mut dyn FnMut(&Visit<'_>) -> Result<bool, FileError>,
 ) -> Result<bool, FileError> {
     let mut names = sys::read_dir(dir).map_err(os_err(path))?;
@@ -123,8 +140,10 @@ fn walk_level(
         } else {
             format!("{relative}/{shown}")
         };
-        let Ok(st) = sys::lstatat(dir.as_raw_fd(), &name) else {
-            continue; // removed meanwhile
+        let st = match sys::lstatat(dir.as_raw_fd(), &name) {
+            Ok(st) => st,
+            Err(e) if strict && !vanished(&e) => return Err(FileError::os(&child_path, &e)),
+            Err(_) => continue, // removed meanwhile
         };
         let more = visit(&Visit {
             dir: dir.as_raw_fd(),
@@ -141,10 +160,21 @@ fn walk_level(
             && !PSEUDO_DIRS.contains(&child_path.as_str());
         if descend {
             let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
-            let Ok(sub) = sys::openat(dir.as_raw_fd(), &name, flags, 0) else {
-                continue;
+            let sub = match sys::openat(dir.as_raw_fd(), &name, flags, 0) {
+                Ok(sub) => sub,
+                Err(e) if strict && !vanished(&e) => return Err(FileError::os(&child_path, &e)),
+                Err(_) => continue,
             };
-            if !walk_level(&sub, &child_path, &child_rel, depth + 1, max_depth, visit)? {
+            let deeper = depth + 1;
+            if !walk_level(
+                &sub,
+                &child_path,
+                &child_rel,
+                deeper,
+                max_depth,
+                strict,
+                visit,
+            )? {
                 return Ok(false);
             }
         }

@@ -1,7 +1,10 @@
 //! A small glob matcher: `*` and `?` within one path segment, `[abc]`,
 //! `[a-z]`, `[!x]` / `[^x]`, `\` escapes, and `**` spanning directories
-//! (`**/` also matches no directory at all). Memoized, so a pattern full of
-//! stars stays linear in pattern × path length.
+//! (`**/` also matches no directory at all). Matching is iterative and takes
+//! pattern × path time and path memory, whatever the pattern.
+
+/// Longest glob accepted (bytes); the daemon enforces the same limit.
+pub const MAX_GLOB: usize = 1024;
 
 /// A compiled glob.
 #[derive(Debug, Clone)]
@@ -71,56 +74,73 @@ impl Glob {
     }
 
     /// True when the whole of `path` matches.
+    ///
+    /// One pass per token over the set of positions the pattern so far can
+    /// end at: no recursion, O(path) memory and O(tokens × path) time, so
+    /// even a pattern made only of `**/` cannot exhaust the stack.
     pub fn matches(&self, path: &str) -> bool {
         let s: Vec<char> = path.chars().collect();
-        let width = s.len() + 1;
-        let mut failed = vec![false; (self.tokens.len() + 1) * width];
-        self.match_at(0, &s, 0, &mut failed, width)
-    }
-
-    fn match_at(&self, t: usize, s: &[char], i: usize, failed: &mut [bool], width: usize) -> bool {
-        if failed[t * width + i] {
-            return false;
-        }
-        let ok = match self.tokens.get(t) {
-            None => i == s.len(),
-            Some(Token::Literal(c)) => {
-                s.get(i) == Some(c) && self.match_at(t + 1, s, i + 1, failed, width)
-            }
-            Some(Token::AnyChar) => {
-                s.get(i).is_some_and(|c| *c != '/') && self.match_at(t + 1, s, i + 1, failed, width)
-            }
-            Some(Token::Class { negated, ranges }) => {
-                s.get(i).is_some_and(|c| {
-                    *c != '/' && ranges.iter().any(|(lo, hi)| lo <= c && c <= hi) != *negated
-                }) && self.match_at(t + 1, s, i + 1, failed, width)
-            }
-            Some(Token::Star) => {
-                let mut j = i;
-                loop {
-                    if self.match_at(t + 1, s, j, failed, width) {
-                        break true;
+        let n = s.len();
+        let mut cur = vec![false; n + 1];
+        cur[0] = true;
+        let mut next = vec![false; n + 1];
+        for token in &self.tokens {
+            next.iter_mut().for_each(|x| *x = false);
+            match token {
+                Token::Literal(c) => {
+                    for i in 0..n {
+                        next[i + 1] = cur[i] && s[i] == *c;
                     }
-                    if j >= s.len() || s[j] == '/' {
-                        break false;
+                }
+                Token::AnyChar => {
+                    for i in 0..n {
+                        next[i + 1] = cur[i] && s[i] != '/';
                     }
-                    j += 1;
+                }
+                Token::Class { negated, ranges } => {
+                    for i in 0..n {
+                        let c = s[i];
+                        next[i + 1] = cur[i]
+                            && c != '/'
+                            && ranges.iter().any(|(lo, hi)| *lo <= c && c <= *hi) != *negated;
+                    }
+                }
+                Token::Star => {
+                    // Any run of non-'/' characters.
+                    let mut reach = false;
+                    for j in 0..=n {
+                        reach |= cur[j];
+                        next[j] = reach;
+                        if j < n && s[j] == '/' {
+                            reach = false;
+                        }
+                    }
+                }
+                Token::DoubleStar { slash: true } => {
+                    // Zero directories, or anything ending just after a '/'.
+                    let mut seen = false;
+                    for j in 0..=n {
+                        seen |= cur[j];
+                        next[j] |= cur[j];
+                        if j < n && s[j] == '/' && seen {
+                            next[j + 1] = true;
+                        }
+                    }
+                }
+                Token::DoubleStar { slash: false } => {
+                    let mut seen = false;
+                    for j in 0..=n {
+                        seen |= cur[j];
+                        next[j] = seen;
+                    }
                 }
             }
-            Some(Token::DoubleStar { slash: true }) => {
-                // Zero directories, or anything ending just after a '/'.
-                self.match_at(t + 1, s, i, failed, width)
-                    || (i..s.len())
-                        .any(|j| s[j] == '/' && self.match_at(t + 1, s, j + 1, failed, width))
+            std::mem::swap(&mut cur, &mut next);
+            if !cur.iter().any(|x| *x) {
+                return false;
             }
-            Some(Token::DoubleStar { slash: false }) => {
-                (i..=s.len()).any(|j| self.match_at(t + 1, s, j, failed, width))
-            }
-        };
-        if !ok {
-            failed[t * width + i] = true;
         }
-        ok
+        cur[n]
     }
 }
 
@@ -198,5 +218,15 @@ mod tests {
         let path = "a".repeat(3000);
         assert!(!m("*a*a*a*a*a*a*a*a*a*a*a*b", &path));
         assert!(!m("**a**a**a**a**a**a**a**b", &path));
+    }
+
+    #[test]
+    fn huge_globs_do_not_recurse() {
+        // Far past MAX_GLOB: the matcher itself must not depend on the cap.
+        let pattern = "**/".repeat(20_000) + "x";
+        assert!(m(&pattern, "a/b/c/x"));
+        assert!(!m(&pattern, "a/b/c/y"));
+        let stars = "*".repeat(50_000);
+        assert!(m(&stars, "abc"));
     }
 }

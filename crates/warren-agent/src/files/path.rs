@@ -90,7 +90,7 @@ impl Root {
     /// Opens a normalized path inside the root (symlinks followed, in root).
     pub fn open_path(&self, path: &str, flags: libc::c_int) -> Result<OwnedFd, FileError> {
         let c = cstring(path)?;
-        sys::openat2(self.fd(), &c, flags, 0, RESOLVE_IN_ROOT).map_err(os_err(path))
+        sys::openat2(self.fd(), &c, flags, 0, RESOLVE_IN_ROOT).map_err(|e| resolve_error(path, &e))
     }
 
     /// Opens the parent of a normalized path other than `/`.
@@ -145,6 +145,16 @@ impl Root {
     }
 }
 
+/// The error of resolving `path` in the root. `ELOOP` there is a refused
+/// /proc magic link, or else a symlink loop (or chain too long), which is
+/// the caller's mistake rather than a permission problem.
+fn resolve_error(path: &str, e: &std::io::Error) -> FileError {
+    if e.raw_os_error() == Some(libc::ELOOP) && path != "/proc" && !path.starts_with("/proc/") {
+        return FileError::invalid(format!("too many levels of symbolic links: {path}"));
+    }
+    FileError::os(path, e)
+}
+
 /// Opens directories below `dir` one level at a time, creating missing ones
 /// with `mode`, refusing any symlink on the way (`RESOLVE_NO_SYMLINKS`).
 pub fn mkdir_beneath(
@@ -188,6 +198,24 @@ pub fn mkdir_beneath(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn symlink_loops_are_invalid_but_magic_links_refused() {
+        let eloop = std::io::Error::from_raw_os_error(libc::ELOOP);
+        let e = resolve_error("/workspace/loop/x", &eloop);
+        assert_eq!(e.code, super::super::ErrorCode::Invalid);
+        assert_eq!(
+            e.message,
+            "too many levels of symbolic links: /workspace/loop/x"
+        );
+        let e = resolve_error("/proc/1/root/etc", &eloop);
+        assert_eq!(e.code, super::super::ErrorCode::PermissionDenied);
+        let enoent = std::io::Error::from_raw_os_error(libc::ENOENT);
+        assert_eq!(
+            resolve_error("/a", &enoent).code,
+            super::super::ErrorCode::NotFound
+        );
+    }
 
     #[test]
     fn normalize_cleans_and_never_climbs_above_root() {

@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 use warren_proto::{EntryKind, FileEntry, FileGrepRequest, GrepLine};
 
 use super::entries::{self, kind_of};
-use super::glob::Glob;
+use super::glob::{Glob, MAX_GLOB};
 use super::path::{self, Root};
 use super::sys;
 use super::FileError;
@@ -30,6 +30,19 @@ fn cap(asked: u32) -> usize {
     asked.min(MAX_RESULTS) as usize
 }
 
+/// Longest grep pattern accepted (bytes); the daemon enforces the same.
+pub const MAX_PATTERN: usize = 4096;
+
+/// `glob`, or an `invalid` error when it is longer than [`MAX_GLOB`].
+fn checked_glob(glob: &str) -> Result<&str, FileError> {
+    if glob.len() > MAX_GLOB {
+        return Err(FileError::invalid(format!(
+            "glob is longer than {MAX_GLOB} bytes"
+        )));
+    }
+    Ok(glob)
+}
+
 pub fn find(
     root: &Root,
     start: &str,
@@ -37,7 +50,7 @@ pub fn find(
     max_results: u32,
 ) -> Result<(Vec<FileEntry>, bool), FileError> {
     let start = path::normalize(start)?;
-    let glob = Glob::new(glob);
+    let glob = Glob::new(checked_glob(glob)?);
     let dir = entries::open_dir(root, &start)?;
     let cap = cap(max_results);
     let mut found = Vec::new();
@@ -128,7 +141,7 @@ impl Grep {
 }
 
 fn open_regular(dir: i32, name: &std::ffi::CStr) -> Option<std::fs::File> {
-    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY;
     let fd = sys::openat(dir, name, flags, 0).ok()?;
     let st = sys::fstat(fd.as_raw_fd()).ok()?;
     (kind_of(st.st_mode) == EntryKind::File && st.st_size <= MAX_GREP_FILE)
@@ -137,6 +150,14 @@ fn open_regular(dir: i32, name: &std::ffi::CStr) -> Option<std::fs::File> {
 
 pub fn grep(root: &Root, req: &FileGrepRequest) -> Result<(Vec<GrepLine>, bool), FileError> {
     let start = path::normalize(&req.root)?;
+    if req.pattern.len() > MAX_PATTERN {
+        return Err(FileError::invalid(format!(
+            "pattern is longer than {MAX_PATTERN} bytes"
+        )));
+    }
+    if let Some(g) = &req.glob {
+        checked_glob(g)?;
+    }
     let regex = regex::bytes::RegexBuilder::new(&req.pattern)
         .case_insensitive(req.ignore_case)
         .size_limit(16 * 1024 * 1024)
@@ -185,6 +206,14 @@ pub fn grep(root: &Root, req: &FileGrepRequest) -> Result<(Vec<GrepLine>, bool),
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_globs_are_invalid() {
+        assert!(checked_glob(&"a".repeat(MAX_GLOB)).is_ok());
+        let e = checked_glob(&"**/".repeat(20_000)).unwrap_err();
+        assert_eq!(e.code, super::super::ErrorCode::Invalid);
+        assert!(e.message.contains("glob"), "{}", e.message);
+    }
 
     #[test]
     fn lines_are_cut_on_character_boundaries() {

@@ -21,7 +21,8 @@ pub const BUFFER: usize = 256 * 1024;
 pub fn read(root: &Root, req: &FileReadRequest, conn: &Conn) -> Result<(), FileError> {
     let path = path::normalize(&req.path)?;
     // O_NONBLOCK: opening a fifo must not hang; it is refused below anyway.
-    let file = root.open_path(&path, libc::O_RDONLY | libc::O_NONBLOCK)?;
+    // O_NOCTTY: opening a terminal must not make it ours.
+    let file = root.open_path(&path, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY)?;
     let st = sys::fstat(file.as_raw_fd()).map_err(os_err(&path))?;
     match kind_of(st.st_mode) {
         EntryKind::File => {}

@@ -53,24 +53,22 @@ impl Watcher {
         Ok(())
     }
 
-    /// Adds watches for `dir` and every directory below it.
+    /// Adds watches for `dir` and every directory below it. Each
+    /// subdirectory is watched as the walk reaches it and its fd closed
+    /// right away, so a big tree never holds more fds than its depth.
     fn add_tree(&mut self, dir: &OwnedFd, path: &str) -> Result<(), FileError> {
         self.add(dir, path)?;
-        let mut subdirs = Vec::new();
         entries::walk(dir, path, u32::MAX, &mut |v| {
             if kind_of(v.st.st_mode) == EntryKind::Dir {
                 let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
                 if let Ok(fd) = sys::openat(v.dir, v.name, flags, 0) {
-                    subdirs.push((fd, v.path.to_string()));
+                    // A directory gone meanwhile is no reason to fail the
+                    // watch.
+                    let _ = self.add(&fd, v.path);
                 }
             }
             Ok(true)
-        })?;
-        for (fd, p) in subdirs {
-            // A directory gone meanwhile is no reason to fail the watch.
-            let _ = self.add(&fd, &p);
-        }
-        Ok(())
+        })
     }
 
     /// Watches a directory that appeared at `path` (best effort).
@@ -226,7 +224,7 @@ pub fn parse_events(buf: &[u8]) -> Vec<RawEvent> {
 
 pub fn watch(root: &Root, req: &FileWatchRequest, conn: &Conn) -> Result<(), FileError> {
     let path = path::normalize(&req.path)?;
-    let target = root.open_path(&path, libc::O_RDONLY | libc::O_NONBLOCK)?;
+    let target = root.open_path(&path, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY)?;
     let st = sys::fstat(target.as_raw_fd()).map_err(os_err(&path))?;
     // SAFETY: inotify_init1 with flags only; a non-negative result is ours.
     let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
@@ -316,6 +314,78 @@ mod tests {
             out.extend(n);
         }
         out
+    }
+
+    /// Restores the fd limit when dropped.
+    struct NoFileLimit(libc::rlimit);
+
+    impl Drop for NoFileLimit {
+        fn drop(&mut self) {
+            // SAFETY: a valid rlimit struct.
+            unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &self.0) };
+        }
+    }
+
+    #[test]
+    fn a_recursive_watch_of_more_dirs_than_fds_watches_them_all() {
+        let max_watches: usize = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if max_watches < 10_000 {
+            eprintln!("skipped: fs.inotify.max_user_watches is only {max_watches}");
+            return;
+        }
+        let top = std::env::temp_dir().join(format!("warren-watch-{}", std::process::id()));
+        struct Cleanup(std::path::PathBuf);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let _cleanup = Cleanup(top.clone());
+        for i in 0..300 {
+            for j in 0..5 {
+                std::fs::create_dir_all(top.join(format!("d{i}/e{j}"))).unwrap();
+            }
+        }
+        // Fewer fds than directories (1800): collecting them all first
+        // would fail with EMFILE.
+        let mut old = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: a valid out pointer.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut old) }, 0);
+        let _restore = NoFileLimit(old);
+        let low = libc::rlimit {
+            rlim_cur: old.rlim_cur.min(1024),
+            rlim_max: old.rlim_max,
+        };
+        // SAFETY: a valid rlimit struct.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &low) }, 0);
+
+        // SAFETY: inotify_init1 with flags only.
+        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+        assert!(fd >= 0);
+        let mut w = Watcher {
+            // SAFETY: fresh fd.
+            inotify: unsafe { OwnedFd::from_raw_fd(fd) },
+            root: "/t".into(),
+            recursive: true,
+            paths: HashMap::new(),
+            stream: 1,
+        };
+        let dir = sys::openat(
+            libc::AT_FDCWD,
+            &path::cstring(top.to_str().unwrap()).unwrap(),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )
+        .unwrap();
+        w.add_tree(&dir, "/t").unwrap();
+        assert_eq!(w.paths.len(), 1 + 300 * 6);
+        assert!(w.paths.values().any(|p| p == "/t/d299/e4"));
     }
 
     #[test]
