@@ -118,7 +118,7 @@ fn pause_freezes_the_sandbox_and_resume_continues_where_it_stopped() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    // Pause and resume are recorded as state changes.
+    // Commands run again.
     let out = d.warren(&["exec", &id, "--", "echo", "hello"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), "hello");

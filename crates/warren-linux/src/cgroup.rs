@@ -479,7 +479,7 @@ fn freeze_v1(dir: &Path, timeout: Duration) -> Result<(), CgroupError> {
     let mut attempt: u32 = 0;
     loop {
         attempt += 1;
-        if attempt % 50 == 0 {
+        if attempt.is_multiple_of(50) {
             write(&state, "THAWED")?;
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -834,11 +834,20 @@ impl SandboxService {
                         ))
                     }
                 }
-                Some(info) => self
-                    .driver
-                    .adopt(&record.id, &info)
-                    .await
-                    .map_err(|e| format!("{GONE_AFTER_RESTART}: {e}")),
+                Some(info) => {
+                    // A daemon that died between freezing a sandbox and
+                    // recording it paused left it frozen while recorded
+                    // running; thaw it so the handshake can succeed.
+                    if let Some(pausable) = self.driver.pausable() {
+                        if let Err(e) = pausable.resume(&record.id).await {
+                            tracing::warn!(sandbox = %record.id, error = %e, "could not thaw a running sandbox during recovery");
+                        }
+                    }
+                    self.driver
+                        .adopt(&record.id, &info)
+                        .await
+                        .map_err(|e| format!("{GONE_AFTER_RESTART}: {e}"))
+                }
                 None => Err(GONE_AFTER_RESTART.to_owned()),
             };
             match outcome {

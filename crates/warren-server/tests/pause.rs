@@ -236,13 +236,22 @@ async fn a_driver_without_the_capability_answers_capability_unsupported() {
 async fn recovery_keeps_a_paused_sandbox_paused_without_touching_its_agent() {
     let (_dir, store, driver, app, id) = setup(true).await;
     send(&app, Method::POST, &format!("/v1/sandboxes/{id}/pause"), "").await;
+    let (_, running) = send(&app, Method::POST, "/v1/sandboxes", "{}").await;
+    let running = running["id"].as_str().unwrap().to_owned();
     let service = SandboxService::new(store.clone(), driver.clone());
     let report = service.recover().await.unwrap();
-    assert_eq!((report.adopted, report.failed), (1, 0));
+    assert_eq!((report.adopted, report.failed), (2, 0));
+    // A sandbox recorded running is thawed (in case a crash interrupted a
+    // pause) before its agent is adopted; the paused one is left frozen.
+    let calls = driver.calls();
+    let thaw = calls.iter().position(|c| *c == format!("resume {running}"));
+    let adopt = calls.iter().position(|c| *c == format!("adopt {running}"));
+    assert!(thaw.is_some() && thaw < adopt, "{calls:?}");
+    assert!(!calls.contains(&format!("resume {id}")), "{calls:?}");
     let record = store.get_sandbox(&id).await.unwrap().unwrap();
     assert_eq!(record.state, warren_api::SandboxState::Paused);
     assert!(
-        !driver.calls().iter().any(|c| c.starts_with("adopt")),
+        !driver.calls().contains(&format!("adopt {id}")),
         "{:?}",
         driver.calls()
     );
