@@ -130,6 +130,17 @@ pub enum Command {
         #[arg(long, short = 's', default_value = "SIGTERM", value_name = "NAME")]
         signal: String,
     },
+    /// Pause a running sandbox: freeze its processes in memory until it is
+    /// resumed.
+    Pause {
+        /// Sandbox id.
+        id: String,
+    },
+    /// Resume a paused sandbox where it stopped.
+    Resume {
+        /// Sandbox id.
+        id: String,
+    },
     /// Delete sandboxes.
     #[command(alias = "delete")]
     Rm {

@@ -72,6 +72,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let client = connect(&global).await?;
             sandbox_commands::inspect(&client, &id).await
         }
+        Command::Pause { id } => {
+            let client = connect(&global).await?;
+            sandbox_commands::pause(&client, &id, json).await
+        }
+        Command::Resume { id } => {
+            let client = connect(&global).await?;
+            sandbox_commands::resume(&client, &id, json).await
+        }
         Command::Rm { ids } => {
             let client = connect(&global).await?;
             sandbox_commands::remove(&client, &ids, json).await

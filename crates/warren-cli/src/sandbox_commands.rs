@@ -1,4 +1,4 @@
-//! `create`, `ls`, `inspect` and `rm`.
+//! `create`, `ls`, `inspect`, `pause`, `resume` and `rm`.
 
 use std::process::ExitCode;
 
@@ -65,6 +65,27 @@ fn sandbox_table(sandboxes: &[Sandbox], now: chrono::DateTime<chrono::Utc>) -> S
 pub async fn inspect(client: &Client, id: &str) -> anyhow::Result<ExitCode> {
     let sandbox = client.get_sandbox(id).await?;
     print_json(&sandbox)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `warren pause ID`: prints the id (JSON: the sandbox, now paused).
+pub async fn pause(client: &Client, id: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let sandbox = client.pause_sandbox(id).await?;
+    print_sandbox_or_id(&sandbox, json)
+}
+
+/// `warren resume ID`: prints the id (JSON: the sandbox, running again).
+pub async fn resume(client: &Client, id: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let sandbox = client.resume_sandbox(id).await?;
+    print_sandbox_or_id(&sandbox, json)
+}
+
+fn print_sandbox_or_id(sandbox: &Sandbox, json: bool) -> anyhow::Result<ExitCode> {
+    if json {
+        print_json(sandbox)?;
+    } else {
+        println!("{}", sandbox.id);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -179,6 +179,20 @@ impl Client {
             .map(drop)
     }
 
+    /// `POST /v1/sandboxes/{id}/pause`: freezes a running sandbox in memory;
+    /// returns it, now `paused`.
+    pub async fn pause_sandbox(&self, id: &str) -> Result<Sandbox, ClientError> {
+        self.call(Method::POST, &routes::pause(id), None::<&()>)
+            .await
+    }
+
+    /// `POST /v1/sandboxes/{id}/resume`: thaws a paused sandbox; returns it,
+    /// `running` again.
+    pub async fn resume_sandbox(&self, id: &str) -> Result<Sandbox, ClientError> {
+        self.call(Method::POST, &routes::resume(id), None::<&()>)
+            .await
+    }
+
     /// `POST /v1/sandboxes/{id}/exec`: runs a command to completion and
     /// returns its exit code and output. A non-zero exit code is not an error.
     pub async fn exec(&self, id: &str, req: &ExecRequest) -> Result<ExecResult, ClientError> {

@@ -35,6 +35,16 @@ pub(crate) fn sandbox(id: &str) -> String {
     format!("{SANDBOXES}/{}", encode(id))
 }
 
+/// `/v1/sandboxes/{id}/pause`.
+pub(crate) fn pause(id: &str) -> String {
+    format!("{SANDBOXES}/{}/pause", encode(id))
+}
+
+/// `/v1/sandboxes/{id}/resume`.
+pub(crate) fn resume(id: &str) -> String {
+    format!("{SANDBOXES}/{}/resume", encode(id))
+}
+
 /// `/v1/sandboxes/{id}/exec`.
 pub(crate) fn exec(id: &str) -> String {
     format!("{SANDBOXES}/{}/exec", encode(id))

@@ -165,6 +165,10 @@ impl CgroupLayout {
     /// Removes the sandbox's cgroups, waiting briefly for exiting processes to
     /// leave. Missing directories are fine.
     pub fn remove(&self, parent: &str, id: &str) -> Result<(), CgroupError> {
+        // SIGKILL takes effect in a frozen cgroup only once it is thawed.
+        // A thaw that fails shows up below: the cgroup stays busy and its
+        // removal reports the error.
+        let _ = self.thaw(parent, id, Duration::from_secs(5));
         self.kill_all(parent, id);
         for dir in self.dirs(parent, id) {
             remove_dir_patiently(&dir)?;
@@ -203,6 +207,86 @@ impl CgroupLayout {
         };
         for p in parents {
             let _ = std::fs::remove_dir(p);
+        }
+    }
+
+    /// The directory whose files freeze the sandbox: the v1 `freezer`
+    /// controller's, or the v2 cgroup itself. `None` on a v1 host without
+    /// the freezer controller.
+    pub fn freezer_dir(&self, parent: &str, id: &str) -> Option<PathBuf> {
+        match self {
+            Self::V1 { root } => {
+                let controller = root.join("freezer");
+                controller
+                    .is_dir()
+                    .then(|| controller.join(parent).join(id))
+            }
+            Self::V2 { root } => Some(root.join(parent).join(id)),
+        }
+    }
+
+    /// Freezes every process of the sandbox and waits (up to `timeout`)
+    /// until the kernel reports the cgroup frozen.
+    pub fn freeze(&self, parent: &str, id: &str, timeout: Duration) -> Result<(), CgroupError> {
+        let dir = self.require_freezer(parent, id)?;
+        match self.freezer_kind() {
+            FreezerKind::V1 => freeze_v1(&dir, timeout),
+            kind => {
+                write(&dir.join(kind.control_file()), kind.value(true))?;
+                wait_frozen_state(&dir, kind, true, timeout)
+            }
+        }
+    }
+
+    /// Thaws the sandbox's processes and waits (up to `timeout`) until the
+    /// kernel reports the cgroup thawed. A missing cgroup is fine (the
+    /// sandbox is gone).
+    pub fn thaw(&self, parent: &str, id: &str, timeout: Duration) -> Result<(), CgroupError> {
+        let Some(dir) = self.freezer_dir(parent, id) else {
+            return Ok(());
+        };
+        if !dir.is_dir() {
+            return Ok(());
+        }
+        let kind = self.freezer_kind();
+        write(&dir.join(kind.control_file()), kind.value(false))?;
+        wait_frozen_state(&dir, kind, false, timeout)
+    }
+
+    /// Whether the kernel reports the sandbox's cgroup frozen (`false` when
+    /// there is no freezer or no cgroup).
+    pub fn is_frozen(&self, parent: &str, id: &str) -> bool {
+        self.freezer_dir(parent, id)
+            .and_then(|dir| read_frozen_state(&dir, self.freezer_kind()).ok())
+            .unwrap_or(false)
+    }
+
+    fn freezer_kind(&self) -> FreezerKind {
+        match self {
+            Self::V1 { .. } => FreezerKind::V1,
+            Self::V2 { .. } => FreezerKind::V2,
+        }
+    }
+
+    fn require_freezer(&self, parent: &str, id: &str) -> Result<PathBuf, CgroupError> {
+        let dir = self.freezer_dir(parent, id).ok_or_else(|| CgroupError {
+            action: "freeze (no freezer controller mounted)",
+            path: self.root().join("freezer"),
+            source: io::Error::from(io::ErrorKind::Unsupported),
+        })?;
+        if !dir.is_dir() {
+            return Err(CgroupError {
+                action: "freeze (no such cgroup)",
+                path: dir,
+                source: io::Error::from(io::ErrorKind::NotFound),
+            });
+        }
+        Ok(dir)
+    }
+
+    fn root(&self) -> &Path {
+        match self {
+            Self::V1 { root } | Self::V2 { root } => root,
         }
     }
 
@@ -335,6 +419,118 @@ pub fn remove_orphaned_parents(prefix: &str) -> usize {
     removed
 }
 
+/// The freezer interface of a cgroup hierarchy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FreezerKind {
+    /// `freezer.state`: write FROZEN/THAWED, read back FREEZING while in
+    /// progress and FROZEN once done.
+    V1,
+    /// `cgroup.freeze`: write 1/0; `cgroup.events` says `frozen 1` once done.
+    V2,
+}
+
+impl FreezerKind {
+    fn control_file(self) -> &'static str {
+        match self {
+            Self::V1 => "freezer.state",
+            Self::V2 => "cgroup.freeze",
+        }
+    }
+
+    fn value(self, frozen: bool) -> &'static str {
+        match (self, frozen) {
+            (Self::V1, true) => "FROZEN",
+            (Self::V1, false) => "THAWED",
+            (Self::V2, true) => "1",
+            (Self::V2, false) => "0",
+        }
+    }
+}
+
+/// Reads whether the cgroup in `dir` is completely frozen. A v1 cgroup that
+/// is still FREEZING counts as not frozen.
+fn read_frozen_state(dir: &Path, kind: FreezerKind) -> Result<bool, CgroupError> {
+    let file = match kind {
+        FreezerKind::V1 => dir.join("freezer.state"),
+        FreezerKind::V2 => dir.join("cgroup.events"),
+    };
+    let text = std::fs::read_to_string(&file).map_err(|source| CgroupError {
+        action: "read",
+        path: file.clone(),
+        source,
+    })?;
+    Ok(match kind {
+        FreezerKind::V1 => text.trim() == "FROZEN",
+        FreezerKind::V2 => text
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["frozen", "1"]),
+    })
+}
+
+/// The v1 freezer tries to freeze each task once per write of FROZEN; a task
+/// that could not be frozen at that moment (in the middle of a fork or a
+/// syscall that does not freeze) leaves the cgroup FREEZING until FROZEN is
+/// written again. So FROZEN is rewritten until it sticks, with an occasional
+/// thaw in between to get tasks out of states that block freezing (what runc
+/// does too).
+fn freeze_v1(dir: &Path, timeout: Duration) -> Result<(), CgroupError> {
+    let state = dir.join("freezer.state");
+    let deadline = Instant::now() + timeout;
+    let mut attempt: u32 = 0;
+    loop {
+        attempt += 1;
+        if attempt.is_multiple_of(50) {
+            write(&state, "THAWED")?;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        write(&state, "FROZEN")?;
+        // Give the kernel a moment, then look.
+        for _ in 0..5 {
+            if read_frozen_state(dir, FreezerKind::V1)? {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if Instant::now() >= deadline {
+            return Err(CgroupError {
+                action: "freeze (the cgroup stayed FREEZING)",
+                path: state,
+                source: io::Error::from(io::ErrorKind::TimedOut),
+            });
+        }
+    }
+}
+
+fn wait_frozen_state(
+    dir: &Path,
+    kind: FreezerKind,
+    frozen: bool,
+    timeout: Duration,
+) -> Result<(), CgroupError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if read_frozen_state(dir, kind)? == frozen {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let file = dir.join(match kind {
+                FreezerKind::V1 => "freezer.state",
+                FreezerKind::V2 => "cgroup.events",
+            });
+            return Err(CgroupError {
+                action: if frozen {
+                    "freeze (the cgroup did not report frozen in time)"
+                } else {
+                    "thaw (the cgroup did not report thawed in time)"
+                },
+                path: file,
+                source: io::Error::from(io::ErrorKind::TimedOut),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 fn enable_v2_controllers(dir: &Path) -> Result<(), CgroupError> {
     let available = std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
     let wanted: Vec<String> = ["memory", "pids", "cpu"]
@@ -404,6 +600,54 @@ mod tests {
         assert_eq!(
             layout.dirs("warren", "x"),
             vec![dir.path().join("warren/x")]
+        );
+    }
+
+    #[test]
+    fn v1_freezer_is_frozen_only_once_freezing_is_done() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("freezer.state"), "FREEZING\n").unwrap();
+        assert!(!read_frozen_state(dir.path(), FreezerKind::V1).unwrap());
+        let err = wait_frozen_state(dir.path(), FreezerKind::V1, true, Duration::from_millis(20))
+            .unwrap_err();
+        assert!(err.to_string().contains("did not report frozen"), "{err}");
+        std::fs::write(dir.path().join("freezer.state"), "FROZEN\n").unwrap();
+        assert!(read_frozen_state(dir.path(), FreezerKind::V1).unwrap());
+        wait_frozen_state(dir.path(), FreezerKind::V1, true, Duration::from_millis(20)).unwrap();
+    }
+
+    #[test]
+    fn v2_freezer_reads_cgroup_events() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("cgroup.events"), "populated 1\nfrozen 0\n").unwrap();
+        assert!(!read_frozen_state(dir.path(), FreezerKind::V2).unwrap());
+        std::fs::write(dir.path().join("cgroup.events"), "populated 1\nfrozen 1\n").unwrap();
+        assert!(read_frozen_state(dir.path(), FreezerKind::V2).unwrap());
+        wait_frozen_state(dir.path(), FreezerKind::V2, true, Duration::from_millis(20)).unwrap();
+    }
+
+    #[test]
+    fn freezer_dir_is_the_v1_freezer_controller_or_the_v2_cgroup() {
+        let dir = tempfile::tempdir().unwrap();
+        let v1 = CgroupLayout::detect_at(dir.path());
+        assert_eq!(v1.freezer_dir("warren", "x"), None);
+        assert!(v1
+            .freeze("warren", "x", Duration::from_millis(10))
+            .unwrap_err()
+            .to_string()
+            .contains("no freezer"));
+        std::fs::create_dir(dir.path().join("freezer")).unwrap();
+        assert_eq!(
+            v1.freezer_dir("warren", "x"),
+            Some(dir.path().join("freezer/warren/x"))
+        );
+        // Thawing a cgroup that is gone succeeds.
+        v1.thaw("warren", "x", Duration::from_millis(10)).unwrap();
+        std::fs::write(dir.path().join("cgroup.controllers"), "").unwrap();
+        let v2 = CgroupLayout::detect_at(dir.path());
+        assert_eq!(
+            v2.freezer_dir("warren", "x"),
+            Some(dir.path().join("warren/x"))
         );
     }
 

@@ -141,6 +141,21 @@ pub enum DriverError {
     },
 }
 
+/// Freezing a sandbox in memory and thawing it again: every process of the
+/// sandbox (its agent included) stops being scheduled; memory, open files and
+/// connections stay as they are. While a sandbox is paused its agent does not
+/// answer, so callers must not send it requests.
+#[async_trait]
+pub trait Pausable: Send + Sync {
+    /// Freezes every process of the sandbox; returns once the kernel reports
+    /// them all frozen.
+    async fn pause(&self, id: &str) -> Result<(), DriverError>;
+
+    /// Thaws the sandbox; returns once the kernel reports it thawed.
+    /// Thawing a sandbox that is not frozen succeeds.
+    async fn resume(&self, id: &str) -> Result<(), DriverError>;
+}
+
 /// An isolation driver: it creates sandboxes, runs commands in them and
 /// destroys them. Optional powers (pause, snapshot, checkpoint) are separate
 /// traits.
@@ -164,6 +179,11 @@ pub trait Driver: Send + Sync {
 
     /// The file API, when this driver has one.
     fn files(&self) -> Option<&dyn crate::FileControl> {
+        None
+    }
+
+    /// Freezing and thawing sandboxes in memory, when this driver can.
+    fn pausable(&self) -> Option<&dyn Pausable> {
         None
     }
 

@@ -17,7 +17,7 @@ mod rooted_dir;
 
 pub use capacity::HostCapacity;
 pub use changes::{Change, ChangeKind, ChangeTracking};
-pub use driver::{Driver, DriverError, ExecOutcome, ExecSpec, RuntimeInfo, SandboxSpec};
+pub use driver::{Driver, DriverError, ExecOutcome, ExecSpec, Pausable, RuntimeInfo, SandboxSpec};
 pub use files::{
     ByteStream, FileControl, FileKind, FileStat, GrepMatch, GrepSpec, SearchResult, UnpackSummary,
     WatchEvent, WatchKind, WriteSpec,

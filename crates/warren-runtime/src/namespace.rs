@@ -17,7 +17,9 @@ use warren_linux::{BindMount, LaunchConfig};
 use warren_proto::Frame;
 
 use crate::agent_conn::AgentConn;
-use crate::driver::{Driver, DriverError, ExecOutcome, ExecSpec, RuntimeInfo, SandboxSpec};
+use crate::driver::{
+    Driver, DriverError, ExecOutcome, ExecSpec, Pausable, RuntimeInfo, SandboxSpec,
+};
 use crate::process::{ProcessControl, ProcessEvent, ProcessInfo, SpawnSpec};
 use crate::process_state;
 
@@ -495,6 +497,10 @@ impl Driver for NamespaceDriver {
         Some(self)
     }
 
+    fn pausable(&self) -> Option<&dyn Pausable> {
+        Some(self)
+    }
+
     async fn exec(&self, id: &str, spec: ExecSpec) -> Result<ExecOutcome, DriverError> {
         let conn = self.live_conn(id).await?;
         let oom_before = self.oom_kills(id);
@@ -530,6 +536,9 @@ impl Driver for NamespaceDriver {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(id);
+        // A frozen process does not die of SIGKILL until it is thawed (v1
+        // freezer), so a paused sandbox is thawed first.
+        self.thaw(id).await?;
         if let Some(info) = info.cloned() {
             tokio::task::spawn_blocking(move || {
                 process_state::kill_and_wait(info.pid, info.start_time)
@@ -552,6 +561,56 @@ impl Driver for NamespaceDriver {
             context: "remove sandbox".into(),
             source: std::io::Error::other(e),
         })?
+    }
+}
+
+/// How long freezing or thawing may take before it is reported as failed.
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl NamespaceDriver {
+    async fn thaw(&self, id: &str) -> Result<(), DriverError> {
+        let cgroups = self.cgroups.clone();
+        let parent = self.cfg.cgroup_parent.clone();
+        let id_owned = id.to_string();
+        tokio::task::spawn_blocking(move || cgroups.thaw(&parent, &id_owned, FREEZE_TIMEOUT))
+            .await
+            .map_err(|e| DriverError::Io {
+                context: format!("thaw sandbox {id}"),
+                source: std::io::Error::other(e),
+            })?
+            .map_err(|e| DriverError::Io {
+                context: format!("thaw sandbox {id}"),
+                source: std::io::Error::other(e.to_string()),
+            })
+    }
+}
+
+#[async_trait]
+impl Pausable for NamespaceDriver {
+    async fn pause(&self, id: &str) -> Result<(), DriverError> {
+        let cgroups = self.cgroups.clone();
+        let parent = self.cfg.cgroup_parent.clone();
+        let id_owned = id.to_string();
+        let frozen =
+            tokio::task::spawn_blocking(move || cgroups.freeze(&parent, &id_owned, FREEZE_TIMEOUT))
+                .await
+                .map_err(|e| DriverError::Io {
+                    context: format!("freeze sandbox {id}"),
+                    source: std::io::Error::other(e),
+                })?;
+        if let Err(e) = frozen {
+            // Leave nothing half-frozen behind.
+            let _ = self.thaw(id).await;
+            return Err(DriverError::Io {
+                context: format!("freeze sandbox {id}"),
+                source: std::io::Error::other(e.to_string()),
+            });
+        }
+        Ok(())
+    }
+
+    async fn resume(&self, id: &str) -> Result<(), DriverError> {
+        self.thaw(id).await
     }
 }
 

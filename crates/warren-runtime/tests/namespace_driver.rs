@@ -296,6 +296,41 @@ async fn destroy_leaves_nothing_behind() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_freezes_every_process_and_destroy_works_while_paused() {
+    require_root!();
+    let h = Harness::new();
+    let info = h.create(&h.spec("nspause1")).await;
+    h.sh("nspause1", "sleep 60 & echo started").await;
+    let pausable = h.driver.pausable().expect("the namespace driver can pause");
+    let layout = h.driver.cgroup_layout();
+
+    pausable.pause("nspause1").await.unwrap();
+    assert!(layout.is_frozen(&h.parent, "nspause1"));
+    pausable.resume("nspause1").await.unwrap();
+    assert!(!layout.is_frozen(&h.parent, "nspause1"));
+    // Resuming what is not frozen is fine, and the agent answers again.
+    pausable.resume("nspause1").await.unwrap();
+    let (code, out, _) = h.sh("nspause1", "echo back").await;
+    assert_eq!((code, out.as_str()), (0, "back\n"));
+
+    // Destroy while frozen: it thaws, kills and removes everything in time.
+    pausable.pause("nspause1").await.unwrap();
+    let dirs = h.driver.cgroup_dirs("nspause1");
+    let started = std::time::Instant::now();
+    h.destroy("nspause1").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(dirs.iter().all(|d| !d.exists()), "cgroups left behind");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{}", info.pid)).exists(),
+        "sandbox init still exists"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_driver_adopts_running_sandboxes() {
     require_root!();
     let h = Harness::new();

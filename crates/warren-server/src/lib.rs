@@ -110,6 +110,8 @@ fn build_router(state: AppState, require_key: bool) -> Router {
             "/v1/sandboxes/{id}",
             get(routes::get_sandbox).delete(routes::delete_sandbox),
         )
+        .route("/v1/sandboxes/{id}/pause", post(routes::pause_sandbox))
+        .route("/v1/sandboxes/{id}/resume", post(routes::resume_sandbox))
         .route("/v1/sandboxes/{id}/exec", post(routes::exec_in_sandbox))
         .route(
             "/v1/sandboxes/{id}/processes",

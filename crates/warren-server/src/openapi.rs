@@ -38,6 +38,8 @@ impl Modify for BearerAuth {
         routes::list_sandboxes,
         routes::get_sandbox,
         routes::delete_sandbox,
+        routes::pause_sandbox,
+        routes::resume_sandbox,
         routes::exec_in_sandbox,
         routes::start_process,
         routes::list_processes,

@@ -100,6 +100,45 @@ pub async fn delete_sandbox(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Pause a running sandbox: freeze all its processes in memory. Commands,
+/// processes and files are refused (409) until it is resumed.
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{id}/pause",
+    tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id")),
+    responses(
+        (status = 200, description = "The sandbox, now paused", body = Sandbox),
+        (status = 404, description = "No such sandbox", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running (invalid_state), or its driver cannot pause (capability_unsupported)", body = ErrorBody),
+    )
+)]
+pub async fn pause_sandbox(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Sandbox>, ApiError> {
+    Ok(Json(state.service.pause(&id).await?))
+}
+
+/// Resume a paused sandbox: thaw its processes where they stopped.
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{id}/resume",
+    tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id")),
+    responses(
+        (status = 200, description = "The sandbox, running again", body = Sandbox),
+        (status = 404, description = "No such sandbox", body = ErrorBody),
+        (status = 409, description = "The sandbox is not paused (invalid_state), or its driver cannot pause (capability_unsupported)", body = ErrorBody),
+    )
+)]
+pub async fn resume_sandbox(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Sandbox>, ApiError> {
+    Ok(Json(state.service.resume(&id).await?))
+}
+
 /// Run a command to completion inside a running sandbox.
 #[utoipa::path(
     post,
@@ -111,7 +150,7 @@ pub async fn delete_sandbox(
         (status = 200, description = "The command finished (any exit code)", body = ExecResult),
         (status = 400, description = "Malformed request", body = ErrorBody),
         (status = 404, description = "No such sandbox", body = ErrorBody),
-        (status = 409, description = "The sandbox is not running", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running (for example paused)", body = ErrorBody),
         (status = 422, description = "Neither or both of cmd and shell, or other impossible values", body = ErrorBody),
     )
 )]

@@ -13,8 +13,8 @@ use warren_api::{
 };
 use warren_runtime::images::{ImageError, ImageInfo, ImageStore};
 use warren_runtime::{
-    ChangeTracking, Driver, DriverError, FileControl, ProcessControl, ProcessEvent, ProcessInfo,
-    RuntimeInfo, SandboxSpec, SpawnSpec,
+    ChangeTracking, Driver, DriverError, FileControl, Pausable, ProcessControl, ProcessEvent,
+    ProcessInfo, RuntimeInfo, SandboxSpec, SpawnSpec,
 };
 use warren_store::{SandboxRecord, Store};
 
@@ -94,6 +94,23 @@ fn valid_pty_size(size: warren_api::PtySize) -> Result<(u16, u16), ApiError> {
         ));
     }
     Ok((size.cols, size.rows))
+}
+
+/// 409 unless the sandbox is running. A paused sandbox's agent is frozen and
+/// would not answer, so nothing reaches the driver; the message says how to
+/// get it going again. `what` completes "… only in running sandboxes".
+fn not_running(id: &str, record: &SandboxRecord, what: &str) -> Result<(), ApiError> {
+    match record.state {
+        SandboxState::Running => Ok(()),
+        SandboxState::Paused => Err(ApiError::invalid_state(format!(
+            "sandbox {id} is paused; resume it first (POST /v1/sandboxes/{id}/resume, \
+             warren resume {id}): {what} only in running sandboxes"
+        ))),
+        other => Err(ApiError::invalid_state(format!(
+            "sandbox {id} is {}, not running; {what} only in running sandboxes",
+            other.as_str()
+        ))),
+    }
 }
 
 /// Filters for listing sandboxes.
@@ -493,18 +510,66 @@ impl SandboxService {
         Ok(())
     }
 
+    /// The driver's pause capability; 409 `capability_unsupported` without.
+    fn pausable(&self) -> Result<&dyn Pausable, ApiError> {
+        self.driver.pausable().ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::CapabilityUnsupported,
+                format!("the {} driver cannot pause sandboxes", self.driver.name()),
+            )
+        })
+    }
+
+    /// Freezes a running sandbox in memory: `running → paused`.
+    pub async fn pause(&self, id: &str) -> Result<Sandbox, ApiError> {
+        let _guard = self.lock(id).await;
+        let record = self.record(id).await?;
+        if record.state != SandboxState::Running {
+            return Err(ApiError::invalid_state(format!(
+                "sandbox {id} is {}; only a running sandbox can be paused",
+                record.state.as_str()
+            )));
+        }
+        let pausable = self.pausable()?;
+        pausable
+            .pause(id)
+            .await
+            .map_err(|e| ApiError::internal(format!("pausing sandbox {id} failed: {e}")))?;
+        if let Err(e) = self.transition(id, SandboxState::Paused, None).await {
+            // Not recorded as paused: do not leave it frozen.
+            if let Err(thaw) = pausable.resume(id).await {
+                tracing::warn!(sandbox = %id, error = %thaw, "could not thaw after a failed pause");
+            }
+            return Err(e);
+        }
+        Ok(self.record(id).await?.to_api())
+    }
+
+    /// Thaws a paused sandbox: `paused → running`.
+    pub async fn resume(&self, id: &str) -> Result<Sandbox, ApiError> {
+        let _guard = self.lock(id).await;
+        let record = self.record(id).await?;
+        if record.state != SandboxState::Paused {
+            return Err(ApiError::invalid_state(format!(
+                "sandbox {id} is {}; only a paused sandbox can be resumed",
+                record.state.as_str()
+            )));
+        }
+        self.pausable()?
+            .resume(id)
+            .await
+            .map_err(|e| ApiError::internal(format!("resuming sandbox {id} failed: {e}")))?;
+        self.transition(id, SandboxState::Running, None).await?;
+        Ok(self.record(id).await?.to_api())
+    }
+
     /// Runs one command to completion in a running sandbox.
     pub async fn exec(&self, id: &str, req: ExecRequest) -> Result<ExecResult, ApiError> {
         let record = self.record(id).await?;
         let mut req = req;
         self.default_command(&record, &mut req);
         let spec = validate_exec(req, &record.env, &record.workdir)?;
-        if record.state != SandboxState::Running {
-            return Err(ApiError::invalid_state(format!(
-                "sandbox {id} is {}, not running; commands run only in running sandboxes",
-                record.state.as_str()
-            )));
-        }
+        not_running(id, &record, "commands run")?;
         match self.driver.exec(id, spec).await {
             Ok(outcome) => {
                 if outcome.oom_killed {
@@ -575,12 +640,7 @@ impl SandboxService {
         id: &str,
     ) -> Result<(SandboxRecord, &dyn ProcessControl), ApiError> {
         let record = self.record(id).await?;
-        if record.state != SandboxState::Running {
-            return Err(ApiError::invalid_state(format!(
-                "sandbox {id} is {}, not running; processes run only in running sandboxes",
-                record.state.as_str()
-            )));
-        }
+        not_running(id, &record, "processes run")?;
         let control = self.driver.processes().ok_or_else(|| {
             ApiError::new(
                 ErrorCode::CapabilityUnsupported,
@@ -752,7 +812,7 @@ impl SandboxService {
         for candidate in self.store.list_sandboxes().await? {
             if !matches!(
                 candidate.state,
-                SandboxState::Running | SandboxState::Creating
+                SandboxState::Running | SandboxState::Creating | SandboxState::Paused
             ) {
                 continue;
             }
@@ -761,16 +821,38 @@ impl SandboxService {
                 continue;
             };
             let outcome = match parse_runtime(&record) {
-                Some(info) => self
-                    .driver
-                    .adopt(&record.id, &info)
-                    .await
-                    .map_err(|e| format!("{GONE_AFTER_RESTART}: {e}")),
+                // A paused sandbox's agent is frozen and would not answer the
+                // handshake: it stays paused, and the driver connects to it
+                // on the first request after it is resumed.
+                Some(info) if record.state == SandboxState::Paused => {
+                    if self.driver.is_alive(&record.id, &info) {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "{GONE_AFTER_RESTART}: sandbox init (pid {}) is gone",
+                            info.pid
+                        ))
+                    }
+                }
+                Some(info) => {
+                    // A daemon that died between freezing a sandbox and
+                    // recording it paused left it frozen while recorded
+                    // running; thaw it so the handshake can succeed.
+                    if let Some(pausable) = self.driver.pausable() {
+                        if let Err(e) = pausable.resume(&record.id).await {
+                            tracing::warn!(sandbox = %record.id, error = %e, "could not thaw a running sandbox during recovery");
+                        }
+                    }
+                    self.driver
+                        .adopt(&record.id, &info)
+                        .await
+                        .map_err(|e| format!("{GONE_AFTER_RESTART}: {e}"))
+                }
                 None => Err(GONE_AFTER_RESTART.to_owned()),
             };
             match outcome {
                 Ok(()) => {
-                    if record.state != SandboxState::Running {
+                    if record.state == SandboxState::Creating {
                         self.transition(&record.id, SandboxState::Running, None)
                             .await?;
                     }
@@ -819,13 +901,7 @@ impl SandboxService {
 
     async fn require_running(&self, id: &str, what: &str) -> Result<(), ApiError> {
         let record = self.record(id).await?;
-        if record.state != SandboxState::Running {
-            return Err(ApiError::invalid_state(format!(
-                "sandbox {id} is {}, not running; {what} only in running sandboxes",
-                record.state.as_str()
-            )));
-        }
-        Ok(())
+        not_running(id, &record, what)
     }
 
     /// Maps a driver error of a file operation onto the API's errors, with
