@@ -184,6 +184,19 @@ pub struct SandboxService {
     locks: StdMutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
+/// The command an image runs when a request gives none: its `Entrypoint`
+/// followed by its `Cmd`.
+fn image_command(image: &ImageInfo) -> Option<Vec<String>> {
+    let argv: Vec<String> = image
+        .config
+        .entrypoint
+        .iter()
+        .chain(image.config.cmd.iter())
+        .cloned()
+        .collect();
+    (!argv.is_empty()).then_some(argv)
+}
+
 /// An image's `Env`, `WorkingDir` and `User` become the request's defaults;
 /// what the request says wins.
 fn apply_image_defaults(req: &mut CreateSandboxRequest, image: &ImageInfo) {
@@ -303,28 +316,11 @@ impl SandboxService {
         }
     }
 
-    /// The command an image runs when a request gives none: its
-    /// `Entrypoint` followed by its `Cmd`.
-    fn image_command(&self, image: &str) -> Option<Vec<String>> {
-        if image == warren_api::DEFAULT_IMAGE {
-            return None;
-        }
-        let info = self.stored_image(image).ok()?;
-        let argv: Vec<String> = info
-            .config
-            .entrypoint
-            .iter()
-            .chain(info.config.cmd.iter())
-            .cloned()
-            .collect();
-        (!argv.is_empty()).then_some(argv)
-    }
-
-    /// Fills `cmd` from the sandbox's image when the request has neither
-    /// `cmd` nor `shell`.
+    /// Fills `cmd` from the sandbox's default command (its image's, kept
+    /// at create) when the request has neither `cmd` nor `shell`.
     fn default_command(&self, record: &SandboxRecord, req: &mut ExecRequest) {
         if req.cmd.is_none() && req.shell.is_none() {
-            req.cmd = self.image_command(&record.image);
+            req.cmd = record.default_command.clone();
         }
     }
 
@@ -429,6 +425,7 @@ impl SandboxService {
             failure_reason: None,
             runtime: None,
             user: valid.user,
+            default_command: image.as_ref().and_then(image_command),
         };
         let id = record.id.clone();
         let _guard = self.lock(&id).await;

@@ -73,6 +73,7 @@ async fn serves_on_a_private_unix_socket_and_recovers_first() {
             failure_reason: None,
             runtime: Some(r#"{"pid":1,"start_time":1,"agent_socket":"/nope"}"#.into()),
             user: None,
+            default_command: None,
         })
         .await
         .unwrap();

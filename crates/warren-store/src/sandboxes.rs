@@ -38,6 +38,9 @@ pub struct SandboxRecord {
     pub runtime: Option<String>,
     /// Default user of commands (`None`: root).
     pub user: Option<String>,
+    /// What an exec runs when it names no command (the image's Entrypoint
+    /// and Cmd when the sandbox was created); `None`: a command is required.
+    pub default_command: Option<Vec<String>>,
 }
 
 impl SandboxRecord {
@@ -62,7 +65,8 @@ impl SandboxRecord {
 }
 
 const SANDBOX_COLUMNS: &str = "id, name, state, image, driver, cpus, memory_mb, pids_limit, env, \
-     workdir, metadata, created_at, updated_at, failure_reason, runtime, default_user, disk_mb";
+     workdir, metadata, created_at, updated_at, failure_reason, runtime, default_user, disk_mb, \
+     default_command";
 
 fn to_i64(field: &'static str, value: u64) -> Result<i64, StoreError> {
     i64::try_from(value).map_err(|_| StoreError::OutOfRange { field, value })
@@ -123,6 +127,9 @@ fn decode_sandbox(row: &SqliteRow) -> Result<SandboxRecord, StoreError> {
         failure_reason: get_opt("failure_reason")?,
         runtime: get_opt("runtime")?,
         user: get_opt("default_user")?,
+        default_command: get_opt("default_command")?
+            .map(|text| serde_json::from_str(&text).map_err(|e| corrupt(&id, "default_command", e)))
+            .transpose()?,
         id,
     })
 }
@@ -133,9 +140,16 @@ impl Store {
         let env = serde_json::to_string(&rec.env).map_err(|e| corrupt(&rec.id, "env", e))?;
         let metadata =
             serde_json::to_string(&rec.metadata).map_err(|e| corrupt(&rec.id, "metadata", e))?;
+        let default_command = rec
+            .default_command
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| corrupt(&rec.id, "default_command", e))?;
         let sql = format!(
             "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+             $18)"
         );
         sqlx::query(&sql)
             .bind(&rec.id)
@@ -160,6 +174,7 @@ impl Store {
                     .map(|d| to_i64("disk_mb", d))
                     .transpose()?,
             )
+            .bind(default_command)
             .execute(&self.pool)
             .await
             .map_err(|source| {

@@ -26,6 +26,7 @@ fn record(id: &str, offset_ms: i64) -> SandboxRecord {
         failure_reason: None,
         runtime: None,
         user: None,
+        default_command: None,
     }
 }
 
@@ -72,6 +73,17 @@ async fn sandbox_round_trip_and_updates() {
     store.delete_sandbox(&rec.id).await.unwrap();
     assert_eq!(store.get_sandbox(&rec.id).await.unwrap(), None);
     store.delete_sandbox(&rec.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn default_command_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    let mut rec = record("cmd00000000000000000", 0);
+    rec.default_command = Some(vec!["sh".into(), "-c".into(), "echo \"hi\"".into()]);
+    store.insert_sandbox(&rec).await.unwrap();
+    let got = store.get_sandbox(&rec.id).await.unwrap().unwrap();
+    assert_eq!(got.default_command, rec.default_command);
 }
 
 #[tokio::test]
