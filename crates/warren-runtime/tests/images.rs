@@ -198,6 +198,35 @@ fn descriptor(image: &TestImage, arch: Option<&str>, ref_name: Option<&str>) -> 
 
 /// Writes an OCI layout directory. `index` is the top-level index.json;
 /// `extra` are more blobs (nested indexes).
+/// An OCI layout tagged `latest` whose index nests an index of an arm64
+/// and an amd64 (busybox) image; returns (amd64, arm64).
+fn write_multi_arch_layout(dir: &Path) -> (TestImage, TestImage) {
+    let amd = busybox_image();
+    let arm = build_image(
+        "arm64",
+        vec![layer_tar(&[Item::File(
+            "arm",
+            b"x".to_vec(),
+            0o644,
+            (0, 0),
+        )])],
+        true,
+    );
+    let inner = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [descriptor(&arm, Some("arm64"), None), descriptor(&amd, Some("amd64"), None)],
+    }))
+    .unwrap();
+    let outer = json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "digest": sha(&inner), "size": inner.len(),
+        "annotations": {"org.opencontainers.image.ref.name": "latest"},
+    }]});
+    write_layout(dir, &[&amd, &arm], outer, &[inner]);
+    (amd, arm)
+}
+
 fn write_layout(dir: &Path, images: &[&TestImage], index: serde_json::Value, extra: &[Vec<u8>]) {
     std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
@@ -573,30 +602,8 @@ async fn rootfs_tarball_nested_index_and_bad_archives() {
     assert!(dir.join("bin/busybox").is_file());
 
     // Nested index with two platforms: amd64 is chosen.
-    let amd = busybox_image();
-    let arm = build_image(
-        "arm64",
-        vec![layer_tar(&[Item::File(
-            "arm",
-            b"x".to_vec(),
-            0o644,
-            (0, 0),
-        )])],
-        true,
-    );
-    let inner = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [descriptor(&arm, Some("arm64"), None), descriptor(&amd, Some("amd64"), None)],
-    }))
-    .unwrap();
-    let outer = json!({"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "digest": sha(&inner), "size": inner.len(),
-        "annotations": {"org.opencontainers.image.ref.name": "latest"},
-    }]});
     let layout = tmp.path().join("multi");
-    write_layout(&layout, &[&amd, &arm], outer, std::slice::from_ref(&inner));
+    let (amd, arm) = write_multi_arch_layout(&layout);
     let info = store
         .import(stream(tar_dir(&layout)), "multi", None)
         .await
@@ -852,30 +859,8 @@ async fn pull_from_a_local_registry() {
     assert!(layer_events >= 2, "progress for each downloaded layer");
 
     // Multi-arch: amd64 is chosen.
-    let amd = busybox_image();
-    let arm = build_image(
-        "arm64",
-        vec![layer_tar(&[Item::File(
-            "arm",
-            b"x".to_vec(),
-            0o644,
-            (0, 0),
-        )])],
-        true,
-    );
-    let inner = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [descriptor(&arm, Some("arm64"), None), descriptor(&amd, Some("amd64"), None)],
-    }))
-    .unwrap();
-    let outer = json!({"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "digest": sha(&inner), "size": inner.len(),
-        "annotations": {"org.opencontainers.image.ref.name": "latest"},
-    }]});
     let multi = tmp.path().join("multi");
-    write_layout(&multi, &[&amd, &arm], outer, &[inner]);
+    let (amd, _arm) = write_multi_arch_layout(&multi);
     skopeo_copy(
         &multi,
         "latest",
