@@ -6,6 +6,7 @@ mod env;
 mod files;
 mod image;
 mod oci_registry;
+mod pause;
 mod peers;
 mod report;
 mod scenarios;
@@ -253,6 +254,14 @@ async fn run(args: Args) -> Result<()> {
                         files::rss_size(args.quick) >> 20
                     );
                     files::files(&mut ctx).await
+                }
+                "pause-resume" => {
+                    let r = pause::rounds(args.quick);
+                    eprintln!(
+                        "warren-bench: pause-resume ({} + {} rounds)",
+                        r.warmup, r.counted
+                    );
+                    pause::pause_resume(&mut ctx).await
                 }
                 "image" => {
                     eprintln!(

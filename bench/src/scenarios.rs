@@ -29,7 +29,6 @@ pub const UNAVAILABLE: &[&str] = &[
     "snapshot",
     "port-proxy",
     "warm-pool",
-    "pause-resume",
     "gvisor-suspend",
 ];
 /// Scenarios that run today, in `all` order.
@@ -39,6 +38,7 @@ pub const AVAILABLE: &[&str] = &[
     "streaming",
     "files",
     "image",
+    "pause-resume",
     "concurrent",
     "density",
 ];
