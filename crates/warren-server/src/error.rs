@@ -4,6 +4,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use warren_api::{ErrorBody, ErrorCode};
+use warren_runtime::images::ImageError;
 use warren_store::StoreError;
 
 /// An error answered as `{"error": {"code", "message"}}` with the code's status.
@@ -84,4 +85,39 @@ impl IntoResponse for ApiError {
 /// A JSON error body with an explicit status (for statuses without an [`ErrorCode`], like 405).
 pub(crate) fn error_response(status: StatusCode, code: ErrorCode, message: String) -> Response {
     (status, Json(ErrorBody::new(code, message))).into_response()
+}
+
+/// Linux `ENOSPC` (no space left on device).
+pub(crate) const ENOSPC: i32 = 28;
+/// Linux `EDQUOT` (disk quota exceeded).
+pub(crate) const EDQUOT: i32 = 122;
+
+/// The API error for an image store error.
+pub fn image_error(err: ImageError) -> ApiError {
+    match err {
+        ImageError::NotFound(name) => ApiError::new(
+            ErrorCode::ImageNotFound,
+            format!("no image {name:?}; `warren image ls` lists the stored images"),
+        ),
+        err @ (ImageError::InvalidReference(_)
+        | ImageError::InvalidArchive(_)
+        | ImageError::NoMatchingPlatform(_)
+        | ImageError::DigestMismatch(_)) => ApiError::invalid_value(err.to_string()),
+        err @ ImageError::Unauthorized(_) => {
+            ApiError::new(ErrorCode::RegistryUnauthorized, err.to_string())
+        }
+        err @ ImageError::Registry(_) => ApiError::new(ErrorCode::RegistryError, err.to_string()),
+        ImageError::Io { context, source }
+            if matches!(source.raw_os_error(), Some(ENOSPC | EDQUOT)) =>
+        {
+            ApiError::new(
+                ErrorCode::DiskFull,
+                format!(
+                    "the image store's disk is full ({context}: {source}); \
+                     free space or remove unused images with `warren image rm`"
+                ),
+            )
+        }
+        err @ ImageError::Io { .. } => ApiError::internal(format!("image store: {err}")),
+    }
 }

@@ -23,7 +23,7 @@ use warren_api::{
 use warren_runtime::images::{ImageError, ImageInfo, ImageProgress, ImageStore, PullOptions};
 
 use crate::api_json::ApiJson;
-use crate::error::ApiError;
+use crate::error::{image_error, ApiError};
 use crate::AppState;
 
 /// Least time between two `layer` progress events of a pull, so that a
@@ -90,41 +90,6 @@ pub fn image_to_api(info: ImageInfo) -> Image {
             cmd: info.config.cmd,
         },
         stored_at: Some(info.stored_at),
-    }
-}
-
-/// Linux `ENOSPC` (no space left on device).
-const ENOSPC: i32 = 28;
-/// Linux `EDQUOT` (disk quota exceeded).
-const EDQUOT: i32 = 122;
-
-/// The API error for an image store error.
-pub fn image_error(err: ImageError) -> ApiError {
-    match err {
-        ImageError::NotFound(name) => ApiError::new(
-            ErrorCode::ImageNotFound,
-            format!("no image {name:?}; `warren image ls` lists the stored images"),
-        ),
-        err @ (ImageError::InvalidReference(_)
-        | ImageError::InvalidArchive(_)
-        | ImageError::NoMatchingPlatform(_)
-        | ImageError::DigestMismatch(_)) => ApiError::invalid_value(err.to_string()),
-        err @ ImageError::Unauthorized(_) => {
-            ApiError::new(ErrorCode::RegistryUnauthorized, err.to_string())
-        }
-        err @ ImageError::Registry(_) => ApiError::new(ErrorCode::RegistryError, err.to_string()),
-        ImageError::Io { context, source }
-            if matches!(source.raw_os_error(), Some(ENOSPC | EDQUOT)) =>
-        {
-            ApiError::new(
-                ErrorCode::DiskFull,
-                format!(
-                    "the image store's disk is full ({context}: {source}); \
-                     free space or remove unused images with `warren image rm`"
-                ),
-            )
-        }
-        err @ ImageError::Io { .. } => ApiError::internal(format!("image store: {err}")),
     }
 }
 
@@ -204,20 +169,6 @@ pub async fn get_image(
     Ok(Json(image_to_api(info)))
 }
 
-/// Ids of the sandboxes (not deleted) created from `image`.
-async fn sandboxes_using(state: &AppState, image: &ImageInfo) -> Result<Vec<String>, ApiError> {
-    let records = state.store.list_sandboxes().await?;
-    Ok(records
-        .into_iter()
-        .filter(|r| {
-            r.image == image.name
-                || r.image == image.digest
-                || ImageStore::normalize_name(&r.image).is_ok_and(|n| n == image.name)
-        })
-        .map(|r| r.id)
-        .collect())
-}
-
 /// Remove an image and the layers no other image uses.
 #[utoipa::path(
     delete,
@@ -240,27 +191,7 @@ pub async fn delete_image(
             "the host image is built in and cannot be removed",
         ));
     }
-    let store = store_of(&state).map_err(|_| image_error(ImageError::NotFound(name.clone())))?;
-    let info = {
-        let name = name.clone();
-        blocking(store.clone(), move |s| s.get(&name)).await?
-    };
-    let users = sandboxes_using(&state, &info).await?;
-    if !users.is_empty() {
-        return Err(ApiError::new(
-            ErrorCode::ImageInUse,
-            format!(
-                "image {} is used by sandbox{} {}; delete {} first (warren rm {})",
-                info.name,
-                if users.len() == 1 { "" } else { "es" },
-                users.join(", "),
-                if users.len() == 1 { "it" } else { "them" },
-                users.join(" ")
-            ),
-        ));
-    }
-    let target = info.name.clone();
-    let summary = blocking(store, move |s| s.remove(&target)).await?;
+    let (info, summary) = state.service.remove_image(&name).await?;
     tracing::info!(
         image = %info.name,
         layers_removed = summary.layers_removed,
@@ -531,6 +462,7 @@ pub async fn pull_image(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::{EDQUOT, ENOSPC};
 
     #[test]
     fn errors_map_to_statuses() {

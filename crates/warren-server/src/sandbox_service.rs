@@ -11,14 +11,14 @@ use warren_api::{
     CreateSandboxRequest, ErrorCode, ExecRequest, ExecResult, Process, Sandbox, SandboxState,
     StartProcessRequest, SIGNAL_NAMES,
 };
-use warren_runtime::images::{ImageError, ImageInfo, ImageStore};
+use warren_runtime::images::{ImageError, ImageInfo, ImageStore, RemoveSummary};
 use warren_runtime::{
     ChangeTracking, Driver, DriverError, FileControl, Pausable, ProcessControl, ProcessEvent,
     ProcessInfo, RuntimeInfo, SandboxSpec, SpawnSpec,
 };
 use warren_store::{SandboxRecord, Store};
 
-use crate::error::ApiError;
+use crate::error::{image_error, ApiError};
 use crate::request_validation::{validate_create, validate_exec};
 
 /// Length of a sandbox id.
@@ -176,6 +176,11 @@ pub struct SandboxService {
     default_disk_mb: Option<u64>,
     /// Stored OCI images (`None`: only the built-in `host` image).
     images: Option<Arc<ImageStore>>,
+    /// Held shared by a create from the moment it resolves its image until
+    /// its record is stored, and exclusively by an image removal while it
+    /// checks that no sandbox uses the image: a removal never misses a
+    /// sandbox being created from it.
+    image_use: tokio::sync::RwLock<()>,
     /// Largest file or tar upload accepted, in bytes.
     max_upload_bytes: u64,
     /// One lock per sandbox, held across each state transition so that, for
@@ -246,6 +251,7 @@ impl SandboxService {
             default_disk_mb: None,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             images: None,
+            image_use: tokio::sync::RwLock::new(()),
             locks: StdMutex::new(HashMap::new()),
         }
     }
@@ -295,6 +301,54 @@ impl SandboxService {
             }
             other => ApiError::internal(format!("reading image {name:?}: {other}")),
         })
+    }
+
+    /// Removes a stored image, refused (409 `image_in_use`, naming them)
+    /// while sandboxes use it; then frees the layers nothing else uses.
+    pub async fn remove_image(&self, name: &str) -> Result<(ImageInfo, RemoveSummary), ApiError> {
+        let Some(images) = self.images.clone() else {
+            return Err(image_error(ImageError::NotFound(name.to_owned())));
+        };
+        let _exclusive = self.image_use.write().await;
+        let info = {
+            let (images, name) = (images.clone(), name.to_owned());
+            tokio::task::spawn_blocking(move || images.get(&name))
+                .await
+                .map_err(|e| ApiError::internal(format!("image store task failed: {e}")))?
+                .map_err(image_error)?
+        };
+        let users: Vec<String> = self
+            .store
+            .list_sandboxes()
+            .await?
+            .into_iter()
+            .filter(|r| {
+                r.image == info.name
+                    || r.image == info.digest
+                    || ImageStore::normalize_name(&r.image).is_ok_and(|n| n == info.name)
+            })
+            .map(|r| r.id)
+            .collect();
+        if !users.is_empty() {
+            let one = users.len() == 1;
+            return Err(ApiError::new(
+                ErrorCode::ImageInUse,
+                format!(
+                    "image {} is used by sandbox{} {}; delete {} first (warren rm {})",
+                    info.name,
+                    if one { "" } else { "es" },
+                    users.join(", "),
+                    if one { "it" } else { "them" },
+                    users.join(" ")
+                ),
+            ));
+        }
+        let target = info.name.clone();
+        let summary = tokio::task::spawn_blocking(move || images.remove(&target))
+            .await
+            .map_err(|e| ApiError::internal(format!("image store task failed: {e}")))?
+            .map_err(image_error)?;
+        Ok((info, summary))
     }
 
     /// Frees layers that were kept only for a sandbox now gone (its image
@@ -377,6 +431,7 @@ impl SandboxService {
     /// Validates the request, creates the sandbox and waits until it runs.
     /// A driver failure leaves the sandbox listed as `failed`.
     pub async fn create(&self, mut req: CreateSandboxRequest) -> Result<Sandbox, ApiError> {
+        let image_use = self.image_use.read().await;
         let image = match req.image.as_deref() {
             Some(name) if name != warren_api::DEFAULT_IMAGE && !name.is_empty() => {
                 let info = self.stored_image(name)?;
@@ -430,6 +485,7 @@ impl SandboxService {
         let id = record.id.clone();
         let _guard = self.lock(&id).await;
         self.store.insert_sandbox(&record).await?;
+        drop(image_use);
         self.store
             .record_event(&id, SandboxState::Creating.as_str(), &serde_json::json!({}))
             .await?;
