@@ -7,7 +7,7 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
-use harness::Daemon;
+use harness::{assert_conflict, Daemon};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -61,13 +61,6 @@ fn state(d: &Daemon, id: &str) -> String {
         .as_str()
         .unwrap()
         .to_string()
-}
-
-fn assert_conflict(out: &std::process::Output, needle: &str) {
-    assert!(!out.status.success(), "expected a failure");
-    let stderr = text(&out.stderr);
-    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
-    assert!(stderr.contains(needle), "{needle:?} in {stderr}");
 }
 
 #[test]

@@ -214,6 +214,7 @@ fn redirect_stdio(null: File) -> Result<(), String> {
 fn exec_agent(cfg: &LaunchConfig, listen_fd: i32) -> std::io::Error {
     let init = AgentInitConfig {
         listen_fd,
+        listen_path: None,
         workdir: cfg.workdir.clone(),
         env: cfg.env.clone(),
         user: cfg.user.clone(),

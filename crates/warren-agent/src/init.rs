@@ -13,7 +13,7 @@ use crate::reaper::Reaper;
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-struct Agent {
+pub(crate) struct Agent {
     env: Vec<(String, String)>,
     workdir: String,
     user: Option<String>,
@@ -62,28 +62,36 @@ pub fn run(config_json: &str) -> i32 {
         reaper: Reaper::start(),
         processes: Arc::default(),
     });
+    if let Some(path) = &cfg.listen_path {
+        // Only the gVisor driver has the agent bind its socket itself, and
+        // only gVisor's kernel lacks openat2.
+        crate::files::enable_openat2_emulation();
+        return crate::path_listener::serve(std::path::Path::new(path), &agent);
+    }
     // SAFETY: the bootstrap passed us this listening socket and nothing else owns it.
     let listener = unsafe { UnixListener::from_raw_fd(cfg.listen_fd) };
     // SAFETY: fcntl on the fd we now own; keeps it out of commands we spawn.
     unsafe { libc::fcntl(cfg.listen_fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     for conn in listener.incoming() {
         match conn {
-            Ok(stream) => {
-                let agent = Arc::clone(&agent);
-                // The agent's threads count against the sandbox's pids limit:
-                // when it is exhausted, refuse this connection (the daemon
-                // sees it closed) instead of panicking PID 1.
-                let spawned =
-                    std::thread::Builder::new().spawn(move || serve_connection(&agent, stream));
-                if let Err(e) = spawned {
-                    eprintln!("warren-agent: no thread for a connection: {e}");
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-            }
+            Ok(stream) => accept_connection(&agent, stream),
             Err(e) => eprintln!("warren-agent: accept: {e}"),
         }
     }
     0
+}
+
+/// Serves one accepted connection on its own thread.
+pub(crate) fn accept_connection(agent: &Arc<Agent>, stream: UnixStream) {
+    let agent = Arc::clone(agent);
+    // The agent's threads count against the sandbox's pids limit:
+    // when it is exhausted, refuse this connection (the daemon
+    // sees it closed) instead of panicking PID 1.
+    let spawned = std::thread::Builder::new().spawn(move || serve_connection(&agent, stream));
+    if let Err(e) = spawned {
+        eprintln!("warren-agent: no thread for a connection: {e}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 fn send(writer: &Mutex<UnixStream>, frame: &Frame) {

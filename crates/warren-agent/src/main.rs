@@ -12,6 +12,7 @@ mod bootstrap;
 mod exec;
 mod files;
 mod init;
+mod path_listener;
 mod processes;
 mod reaper;
 mod users;

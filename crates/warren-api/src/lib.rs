@@ -7,6 +7,7 @@ mod error;
 mod exec;
 mod files;
 mod images;
+mod lifecycle;
 mod process;
 mod sandbox;
 
@@ -20,6 +21,12 @@ pub use files::{
 pub use images::{
     Image, ImageConfig, ImageLayer, ImageList, ImageRemoved, PullImageRequest, PullProgress,
     PullProgressKind,
+};
+pub use lifecycle::{
+    CreatePoolRequest, CreateSnapshotRequest, CreateTemplateRequest, ForkRequest, ForkResult,
+    OnTimeout, Pool, PoolList, SandboxEvent, SandboxEventList, Snapshot, SnapshotKind,
+    SnapshotList, Template, TemplateBuildEvent, TemplateList, TemplateRemoved, TemplateState,
+    UpdateSandboxRequest, MAX_FORK_COUNT,
 };
 pub use process::{
     AttachControl, AttachEvent, DroppedEventData, ExitEventData, OutputEventData, Process,

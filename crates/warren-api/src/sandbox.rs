@@ -41,6 +41,31 @@ pub struct CreateSandboxRequest {
     /// of an unprivileged user, created in the sandbox if the image lacks it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// Isolation driver: `namespace` (the default) or `gvisor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// Start from this snapshot's files (`snap_…`); the image is the snapshot's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// Start from this template's snapshot (by template name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// With `template`: claim a ready sandbox from the template's warm pool,
+    /// falling back to a normal create when the pool is empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_pool: Option<bool>,
+    /// Seconds after creation (or the last extension) until the sandbox times out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<i64>,
+    /// Seconds without exec, file or port activity until it times out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<i64>,
+    /// What a timeout does (default `delete`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_timeout: Option<crate::OnTimeout>,
+    /// Resume a paused or suspended sandbox on its next exec, file or port request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_resume: Option<bool>,
 }
 
 /// Requested resource limits. Signed so that negative values reach
@@ -125,7 +150,7 @@ impl SandboxState {
     }
 
     /// Whether a sandbox in this state may move to `next` (DESIGN.md:
-    /// `creating → running ⇄ paused`, `running → suspended → running`,
+    /// `creating → running ⇄ paused`, `running|paused → suspended → running`,
     /// any live state → `stopped` or `failed`, anything but `deleted` → `deleted`).
     pub fn can_become(self, next: Self) -> bool {
         use SandboxState::*;
@@ -134,7 +159,7 @@ impl SandboxState {
             (_, Deleted) => true,
             (Creating, Running | Failed) => true,
             (Running, Paused | Suspended | Stopped | Failed) => true,
-            (Paused, Running | Stopped | Failed) => true,
+            (Paused, Running | Suspended | Stopped | Failed) => true,
             (Suspended, Running | Stopped | Failed) => true,
             (Stopped, Running | Failed) => true,
             _ => false,
@@ -191,6 +216,34 @@ pub struct Sandbox {
     /// Why the sandbox is `failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_reason: Option<String>,
+    /// The snapshot it was created from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// The template it was created from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// Timeout in seconds from creation or the last extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+    /// Idle timeout in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<u64>,
+    /// What a timeout does.
+    #[serde(default)]
+    pub on_timeout: crate::OnTimeout,
+    /// Whether the next request resumes a paused or suspended sandbox.
+    #[serde(default)]
+    pub auto_resume: bool,
+    /// When the timeout (not the idle timeout) expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The last exec, file or port activity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_activity_at: Option<DateTime<Utc>>,
+    /// When suspended: whether its processes' memory was kept (`gvisor`)
+    /// or only its files (`namespace`: resume starts it again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_preserved: Option<bool>,
 }
 
 /// `GET /v1/sandboxes`.

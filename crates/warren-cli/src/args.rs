@@ -76,7 +76,7 @@ pub enum Command {
     /// Run the Warren daemon in the foreground.
     Serve(ServeArgs),
     /// Create a sandbox and print its id.
-    Create(CreateOptions),
+    Create(CreateArgs),
     /// List sandboxes.
     #[command(alias = "list")]
     Ls(ListArgs),
@@ -141,6 +141,22 @@ pub enum Command {
         /// Sandbox id.
         id: String,
     },
+    /// Suspend a sandbox to disk: its processes stop and its memory is
+    /// freed; `warren resume` starts it again.
+    Suspend {
+        /// Sandbox id.
+        id: String,
+    },
+    /// Change a sandbox's timeouts, timeout action or auto-resume.
+    Update(crate::lifecycle_commands::UpdateArgs),
+    /// Print a sandbox's events (state changes, timeouts…).
+    Events {
+        /// Sandbox id.
+        id: String,
+        /// Keep printing new events until the sandbox is deleted.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
     /// Delete sandboxes.
     #[command(alias = "delete")]
     Rm {
@@ -166,6 +182,36 @@ pub enum Command {
     /// Show what a sandbox changed relative to its image (A added,
     /// M modified, D deleted).
     Diff(DiffArgs),
+    /// Capture a sandbox's files as a snapshot (it is frozen during the
+    /// copy); prints the snapshot id.
+    Snapshot {
+        /// Sandbox id.
+        id: String,
+        /// A human name for the snapshot.
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+    },
+    /// List or remove snapshots.
+    #[command(subcommand)]
+    Snapshots(crate::snapshot_commands::SnapshotsCommand),
+    /// Fork a running or paused sandbox into new sandboxes that share its
+    /// files; prints their ids.
+    Fork {
+        /// Sandbox id.
+        id: String,
+        /// How many copies (1..=100).
+        #[arg(short = 'n', long = "count", default_value_t = 1, value_name = "N")]
+        count: i64,
+        /// Copy the processes' memory too (drivers that checkpoint, e.g. gvisor).
+        #[arg(long)]
+        memory: bool,
+    },
+    /// Manage templates: environments built once from setup commands.
+    #[command(subcommand)]
+    Template(crate::template_commands::TemplateCommand),
+    /// Manage warm pools: ready sandboxes of a template.
+    #[command(subcommand)]
+    Pool(crate::template_commands::PoolCommand),
 }
 
 /// `warren serve`.
@@ -232,6 +278,71 @@ pub struct CreateOptions {
     /// (created in the sandbox if the image lacks it).
     #[arg(long, short = 'u', value_name = "NAME")]
     pub user: Option<String>,
+    /// Isolation driver: `namespace` (default) or `gvisor`.
+    #[arg(long, value_name = "NAME")]
+    pub driver: Option<String>,
+    /// Start from this snapshot's files (`snap_…`).
+    #[arg(long, value_name = "ID")]
+    pub snapshot: Option<String>,
+    /// Start from this template.
+    #[arg(long, value_name = "NAME")]
+    pub template: Option<String>,
+    /// With --template: claim a ready sandbox from the template's warm pool.
+    #[arg(long, requires = "template")]
+    pub from_pool: bool,
+}
+
+/// `warren create`: what the sandbox looks like and how long it lives.
+#[derive(Debug, Clone, Default, Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    pub options: CreateOptions,
+    #[command(flatten)]
+    pub lifetime: LifetimeOptions,
+}
+
+impl CreateArgs {
+    /// The API request: the options' plus the lifetime settings.
+    pub fn to_request(&self) -> anyhow::Result<CreateSandboxRequest> {
+        let mut req = self.options.to_request()?;
+        let l = &self.lifetime;
+        req.timeout_secs = l.timeout_secs.map(|t| to_i64(t, "--timeout")).transpose()?;
+        req.idle_timeout_secs = l
+            .idle_timeout_secs
+            .map(|t| to_i64(t, "--idle-timeout"))
+            .transpose()?;
+        req.on_timeout = l.on_timeout;
+        req.auto_resume = l.auto_resume.then_some(true);
+        Ok(req)
+    }
+}
+
+/// A sandbox's lifetime (`create` only: `run` deletes its sandbox itself,
+/// and its `--timeout` bounds the command).
+#[derive(Debug, Clone, Default, Args)]
+pub struct LifetimeOptions {
+    /// Seconds until the sandbox times out (extend with `warren update ID --timeout S`).
+    #[arg(long = "timeout", value_name = "SECS")]
+    pub timeout_secs: Option<u64>,
+    /// Seconds without exec, file or port activity until it times out.
+    #[arg(long = "idle-timeout", value_name = "SECS")]
+    pub idle_timeout_secs: Option<u64>,
+    /// What a timeout does: delete (default), pause or suspend.
+    #[arg(long, value_name = "ACTION", value_parser = parse_on_timeout)]
+    pub on_timeout: Option<warren_api::OnTimeout>,
+    /// Resume a paused or suspended sandbox on its next request.
+    #[arg(long)]
+    pub auto_resume: bool,
+}
+
+/// Parses `delete`, `pause` or `suspend`.
+pub fn parse_on_timeout(s: &str) -> Result<warren_api::OnTimeout, String> {
+    match s {
+        "delete" => Ok(warren_api::OnTimeout::Delete),
+        "pause" => Ok(warren_api::OnTimeout::Pause),
+        "suspend" => Ok(warren_api::OnTimeout::Suspend),
+        other => Err(format!("{other:?} is not one of delete, pause, suspend")),
+    }
 }
 
 impl CreateOptions {
@@ -253,6 +364,11 @@ impl CreateOptions {
             workdir: self.workdir.clone(),
             metadata: to_map(&self.labels),
             user: self.user.clone(),
+            driver: self.driver.clone(),
+            snapshot: self.snapshot.clone(),
+            template: self.template.clone(),
+            from_pool: self.from_pool.then_some(true),
+            ..Default::default()
         })
     }
 }
@@ -699,6 +815,34 @@ mod tests {
         let labels = req.metadata.unwrap();
         assert_eq!(labels.len(), 2);
         assert_eq!(labels["team"], "ml");
+    }
+
+    #[test]
+    fn create_takes_lifetime_flags_and_run_keeps_its_command_timeout() {
+        let cli = parse(&[
+            "create",
+            "--timeout",
+            "600",
+            "--idle-timeout",
+            "60",
+            "--on-timeout",
+            "suspend",
+            "--auto-resume",
+        ]);
+        let Command::Create(args) = cli.command else {
+            panic!("expected create");
+        };
+        let req = args.to_request().unwrap();
+        assert_eq!(req.timeout_secs, Some(600));
+        assert_eq!(req.idle_timeout_secs, Some(60));
+        assert_eq!(req.on_timeout, Some(warren_api::OnTimeout::Suspend));
+        assert_eq!(req.auto_resume, Some(true));
+        let cli = parse(&["run", "--timeout", "2.5", "--", "true"]);
+        let Command::Run(args) = cli.command else {
+            panic!("expected run");
+        };
+        assert_eq!(args.timeout, Some(2.5));
+        assert_eq!(args.create.to_request().unwrap().timeout_secs, None);
     }
 
     #[test]

@@ -7,12 +7,15 @@ mod file_copy;
 mod files_commands;
 mod image_commands;
 mod keys;
+mod lifecycle_commands;
 mod output;
 mod process_commands;
 mod sandbox_commands;
 mod serve;
 mod shell;
+mod snapshot_commands;
 mod spinner;
+mod template_commands;
 mod transfer_progress;
 
 use std::process::ExitCode;
@@ -80,6 +83,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let client = connect(&global).await?;
             sandbox_commands::resume(&client, &id, json).await
         }
+        Command::Suspend { id } => {
+            let client = connect(&global).await?;
+            lifecycle_commands::suspend(&client, &id, json).await
+        }
+        Command::Update(args) => {
+            let client = connect(&global).await?;
+            lifecycle_commands::update(&client, &args, json).await
+        }
+        Command::Events { id, follow } => {
+            let client = connect(&global).await?;
+            lifecycle_commands::events(&client, &id, follow, json).await
+        }
         Command::Rm { ids } => {
             let client = connect(&global).await?;
             sandbox_commands::remove(&client, &ids, json).await
@@ -129,6 +144,26 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Diff(args) => {
             let client = connect(&global).await?;
             files_commands::diff(&client, &args, json).await
+        }
+        Command::Snapshot { id, name } => {
+            let client = connect(&global).await?;
+            snapshot_commands::snapshot(&client, &id, name, json).await
+        }
+        Command::Snapshots(command) => {
+            let client = connect(&global).await?;
+            snapshot_commands::snapshots(&client, &command, json).await
+        }
+        Command::Fork { id, count, memory } => {
+            let client = connect(&global).await?;
+            snapshot_commands::fork(&client, &id, count, memory, json).await
+        }
+        Command::Template(template_command) => {
+            let client = connect(&global).await?;
+            template_commands::template(&client, &template_command, json).await
+        }
+        Command::Pool(pool_command) => {
+            let client = connect(&global).await?;
+            template_commands::pool(&client, &pool_command, json).await
         }
     }
 }

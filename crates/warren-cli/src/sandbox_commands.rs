@@ -1,18 +1,19 @@
 //! `create`, `ls`, `inspect`, `pause`, `resume` and `rm`.
 
+use std::future::Future;
 use std::process::ExitCode;
 
 use serde::Serialize;
 use warren_api::ErrorDetail;
-use warren_client::{Client, ClientError, Sandbox};
+use warren_client::{Client, ClientError, CreateSandboxRequest, Sandbox};
 
-use crate::args::{CreateOptions, ListArgs};
+use crate::args::{CreateArgs, CreateOptions, ListArgs};
 use crate::output::{age, error_line, print_json, render_table};
 use crate::spinner::Spinner;
 
 /// `warren create`: prints the new sandbox's id (JSON: the sandbox).
-pub async fn create(client: &Client, opts: &CreateOptions, json: bool) -> anyhow::Result<ExitCode> {
-    let sandbox = create_sandbox(client, opts, json).await?;
+pub async fn create(client: &Client, args: &CreateArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let sandbox = create_from_request(client, &args.to_request()?, json).await?;
     if json {
         print_json(&sandbox)?;
     } else {
@@ -27,9 +28,16 @@ pub async fn create_sandbox(
     opts: &CreateOptions,
     json: bool,
 ) -> anyhow::Result<Sandbox> {
-    let request = opts.to_request()?;
+    create_from_request(client, &opts.to_request()?, json).await
+}
+
+async fn create_from_request(
+    client: &Client,
+    request: &CreateSandboxRequest,
+    json: bool,
+) -> anyhow::Result<Sandbox> {
     let spinner = Spinner::start("Creating sandbox", json);
-    let result = client.create_sandbox(&request).await;
+    let result = client.create_sandbox(request).await;
     spinner.finish();
     Ok(result?)
 }
@@ -89,7 +97,7 @@ fn print_sandbox_or_id(sandbox: &Sandbox, json: bool) -> anyhow::Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
-/// One line of `warren rm --json`.
+/// One line of `warren rm --json` (and of `warren snapshots rm --json`).
 #[derive(Debug, Serialize)]
 struct RemoveOutcome {
     id: String,
@@ -100,9 +108,25 @@ struct RemoveOutcome {
 
 /// `warren rm ID…`: deletes each; reports failures and goes on with the rest.
 pub async fn remove(client: &Client, ids: &[String], json: bool) -> anyhow::Result<ExitCode> {
+    remove_each(ids, json, |id| client.delete_sandbox(id)).await
+}
+
+/// Deletes each id with `delete`, printing the id (or, on failure, an error
+/// line) as it goes; with `json`, prints one outcome per id at the end
+/// instead. Fails at once if the daemon cannot be reached, else goes on past
+/// failures and exits with failure if any delete failed.
+pub(crate) async fn remove_each<'a, F, Fut>(
+    ids: &'a [String],
+    json: bool,
+    mut delete: F,
+) -> anyhow::Result<ExitCode>
+where
+    F: FnMut(&'a str) -> Fut,
+    Fut: Future<Output = Result<(), ClientError>>,
+{
     let mut outcomes = Vec::with_capacity(ids.len());
     for id in ids {
-        match client.delete_sandbox(id).await {
+        match delete(id).await {
             Ok(()) => {
                 if !json {
                     println!("{id}");
@@ -173,6 +197,15 @@ mod tests {
             updated_at: now,
             failure_reason: None,
             user: None,
+            snapshot: None,
+            template: None,
+            timeout_secs: None,
+            idle_timeout_secs: None,
+            on_timeout: Default::default(),
+            auto_resume: false,
+            expires_at: None,
+            last_activity_at: None,
+            memory_preserved: None,
         }
     }
 

@@ -37,7 +37,8 @@ pub async fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCo
         id_map,
         max_upload_mb: Some(args.max_upload_mb),
     };
-    warren_server::serve(config, store, driver, shutdown_signal()).await?;
+    let extra = gvisor_driver(data_dir).into_iter().collect();
+    warren_server::serve_with_drivers(config, store, driver, extra, shutdown_signal()).await?;
     tracing::info!("warren daemon stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -59,6 +60,26 @@ fn build_driver(
         )
     })?;
     Ok((Arc::new(driver), id_map))
+}
+
+/// The gVisor driver (`driver: "gvisor"` at create) when `runsc` is in PATH
+/// and runs; otherwise logged and skipped.
+fn gvisor_driver(data_dir: &Path) -> Option<Arc<dyn Driver>> {
+    let config = warren_runtime::GvisorConfig::new(data_dir);
+    match warren_runtime::runsc_version(&config.runsc) {
+        Ok(version) => tracing::info!(%version, "runsc found; gvisor driver available"),
+        Err(e) => {
+            tracing::info!(reason = %e, "gvisor driver unavailable");
+            return None;
+        }
+    }
+    match warren_runtime::GvisorDriver::new(config) {
+        Ok(driver) => Some(Arc::new(driver)),
+        Err(e) => {
+            tracing::warn!(error = %e, "gvisor driver unavailable");
+            None
+        }
+    }
 }
 
 /// Logs to stderr; `RUST_LOG` filters, `info` by default.

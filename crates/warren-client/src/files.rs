@@ -145,19 +145,9 @@ impl WatchStream {
                     }
                 }
             }
-            match self.body.frame().await {
+            match transport::next_data(&mut self.body, &self.target).await? {
+                Some(data) => self.parser.push(&data),
                 None => return Ok(None),
-                Some(Err(source)) => {
-                    return Err(ClientError::Http {
-                        target: self.target.clone(),
-                        source,
-                    })
-                }
-                Some(Ok(frame)) => {
-                    if let Some(data) = frame.data_ref() {
-                        self.parser.push(data);
-                    }
-                }
             }
         }
     }

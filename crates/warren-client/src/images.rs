@@ -80,24 +80,12 @@ impl PullStream {
                     _ => {}
                 }
             }
-            match self.body.frame().await {
-                None => {
-                    return Err(ClientError::Protocol(
-                        "the pull stream ended without a result".to_owned(),
-                    ))
-                }
-                Some(Err(source)) => {
-                    return Err(ClientError::Http {
-                        target: self.target.clone(),
-                        source,
-                    })
-                }
-                Some(Ok(frame)) => {
-                    if let Some(data) = frame.data_ref() {
-                        self.parser.push(data);
-                    }
-                }
-            }
+            let Some(data) = transport::next_data(&mut self.body, &self.target).await? else {
+                return Err(ClientError::Protocol(
+                    "the pull stream ended without a result".to_owned(),
+                ));
+            };
+            self.parser.push(&data);
         }
     }
 }

@@ -29,9 +29,12 @@ mod attach;
 mod error;
 mod files;
 mod images;
+mod lifecycle;
 mod process;
 mod routes;
+mod snapshots;
 mod target;
+mod templates;
 mod transport;
 
 use std::fmt;
@@ -45,8 +48,10 @@ pub use attach::{AttachIo, Attached};
 pub use error::ClientError;
 pub use files::{ByteRange, ByteReader, FileDownload, TarCompression, UploadOptions, WatchStream};
 pub use images::{PullEvent, PullStream};
+pub use lifecycle::EventStream;
 pub use process::{OutputEvent, OutputStream};
 pub use target::{Target, DEFAULT_SOCKET_PATH};
+pub use templates::TemplateBuildStream;
 pub use tokio_tungstenite::tungstenite::Message as WsMessage;
 pub use warren_api::{
     AttachControl, AttachEvent, CreateSandboxRequest, ErrorBody, ErrorDetail, ExecRequest,
@@ -58,8 +63,17 @@ pub use warren_api::{
     TarUploadResult, WatchEvent, WatchEventKind,
 };
 pub use warren_api::{
+    CreatePoolRequest, CreateTemplateRequest, Pool, Template, TemplateBuildEvent, TemplateRemoved,
+    TemplateState,
+};
+pub use warren_api::{
+    CreateSnapshotRequest, ForkRequest, ForkResult, Snapshot, SnapshotKind, SnapshotList,
+    MAX_FORK_COUNT,
+};
+pub use warren_api::{
     Image, ImageConfig, ImageLayer, ImageRemoved, PullImageRequest, PullProgress, PullProgressKind,
 };
+pub use warren_api::{OnTimeout, SandboxEvent, SandboxEventList, UpdateSandboxRequest};
 
 /// Environment variable naming the daemon: `http://host:port` or `unix:/path`.
 pub const ENV_URL: &str = "WARREN_URL";

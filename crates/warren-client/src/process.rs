@@ -2,12 +2,11 @@
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde::Deserialize;
 use warren_api::{DroppedEventData, ExitEventData};
 
-use crate::ClientError;
+use crate::{transport, ClientError};
 
 /// One event of a process's output stream. Every event carries `id`, the
 /// byte offset (across stdout and stderr) after it: pass the last one seen
@@ -222,19 +221,9 @@ impl OutputStream {
                     return Ok(Some(event));
                 }
             }
-            match self.body.frame().await {
+            match transport::next_data(&mut self.body, &self.target).await? {
+                Some(data) => self.parser.push(&data),
                 None => return Ok(None),
-                Some(Err(source)) => {
-                    return Err(ClientError::Http {
-                        target: self.target.clone(),
-                        source,
-                    })
-                }
-                Some(Ok(frame)) => {
-                    if let Some(data) = frame.data_ref() {
-                        self.parser.push(data);
-                    }
-                }
             }
         }
     }

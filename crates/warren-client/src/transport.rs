@@ -206,6 +206,31 @@ where
     sender.send_request(request).await.map_err(http_error)
 }
 
+/// The next chunk of data of a streamed response body, or `None` at its end;
+/// frames that carry no data (trailers) are skipped. `target` names the
+/// daemon in the error.
+pub(crate) async fn next_data(
+    body: &mut Incoming,
+    target: &str,
+) -> Result<Option<Bytes>, ClientError> {
+    loop {
+        match body.frame().await {
+            None => return Ok(None),
+            Some(Err(source)) => {
+                return Err(ClientError::Http {
+                    target: target.to_owned(),
+                    source,
+                })
+            }
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    return Ok(Some(data));
+                }
+            }
+        }
+    }
+}
+
 fn connect_error(target: &Target, source: io::Error) -> ClientError {
     ClientError::Connect {
         target: target.to_string(),

@@ -60,8 +60,16 @@ pub const AGENT_PATH_IN_SANDBOX: &str = "/.warren/agent";
 /// What the agent's PID 1 mode receives as its single JSON argument.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentInitConfig {
-    /// The inherited listening socket.
+    /// The inherited listening socket (`-1` when `listen_path` is set).
     pub listen_fd: i32,
+    /// Path (inside the sandbox) of a unix socket the agent binds itself
+    /// instead of using `listen_fd` (the gVisor driver: runsc's
+    /// `--host-uds=create` makes it appear in a bind-mounted host
+    /// directory). In this mode SIGUSR1 closes every socket for a checkpoint
+    /// and SIGUSR2 binds the listener again (see warren-agent's
+    /// `path_listener`).
+    #[serde(default)]
+    pub listen_path: Option<String>,
     /// Default working directory.
     pub workdir: String,
     /// Environment for every command.

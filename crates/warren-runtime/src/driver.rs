@@ -1,6 +1,6 @@
 //! The contract between the service layer and an isolation driver.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,6 +18,10 @@ pub struct SandboxSpec {
     /// for the built-in `host` image.
     #[serde(default)]
     pub layers: Vec<PathBuf>,
+    /// Read-only layers of the snapshot the sandbox starts from, top first,
+    /// stacked above the image (its layers or the `host` image).
+    #[serde(default)]
+    pub snapshot_layers: Vec<PathBuf>,
     /// CPU quota in cores.
     pub cpus: f64,
     /// Memory limit in bytes.
@@ -99,6 +103,11 @@ pub enum DriverError {
     /// The sandbox's agent cannot be reached (the sandbox died, or is gone).
     #[error("sandbox agent unavailable: {0}")]
     AgentUnavailable(String),
+    /// The operation failed in a way that ended the sandbox: its processes
+    /// are gone (for example gVisor stopped the container on a refused
+    /// checkpoint). The message says why.
+    #[error("the sandbox's processes are gone: {0}")]
+    Lost(String),
     /// The agent answered with an error.
     #[error("agent error: {0}")]
     Agent(String),
@@ -156,6 +165,51 @@ pub trait Pausable: Send + Sync {
     async fn resume(&self, id: &str) -> Result<(), DriverError>;
 }
 
+/// Capturing a sandbox's files as a read-only layer (snapshots, forks).
+#[async_trait]
+pub trait Snapshottable: Send + Sync {
+    /// Copies the sandbox's writable layer into `dest` (which must not
+    /// exist; its parent does) as a directory overlayfs can stack as a lower
+    /// layer: owners, modes, times, xattrs, whiteouts and opaque directories
+    /// are kept. The sandbox is frozen for the copy, so the layer is
+    /// consistent, unless `paused` says it already is. Returns the bytes of
+    /// file data copied. A failure removes whatever it wrote to `dest`.
+    async fn capture_layer(&self, id: &str, dest: &Path, paused: bool) -> Result<u64, DriverError>;
+}
+
+/// Suspending a sandbox to disk and starting it again.
+#[async_trait]
+pub trait Suspending: Send + Sync {
+    /// True when a resumed sandbox's processes continue where they were
+    /// (memory checkpointed); false when resume starts it again from its files.
+    fn preserves_memory(&self) -> bool;
+
+    /// Saves the sandbox (its files, and its memory when the driver can),
+    /// then stops every process and frees its memory and cgroups. The files
+    /// stay until [`Driver::destroy`].
+    async fn suspend(&self, id: &str, info: &RuntimeInfo) -> Result<(), DriverError>;
+
+    /// Starts a suspended sandbox again from what [`Suspending::suspend`]
+    /// saved; `spec` is the one it was created with.
+    async fn resume_suspended(&self, spec: &SandboxSpec) -> Result<RuntimeInfo, DriverError>;
+}
+
+/// Forking a running sandbox with its processes' memory.
+#[async_trait]
+pub trait MemoryForking: Send + Sync {
+    /// Checkpoints `parent` (which keeps running) and restores one copy per
+    /// spec, each with the parent's memory and its own copy of the parent's
+    /// files (stacked on `children[i].snapshot_layers`, which the caller
+    /// captured while the parent was frozen). All or nothing: on failure no
+    /// child is left behind.
+    async fn fork_with_memory(
+        &self,
+        parent: &str,
+        parent_info: &RuntimeInfo,
+        children: &[SandboxSpec],
+    ) -> Result<Vec<RuntimeInfo>, DriverError>;
+}
+
 /// An isolation driver: it creates sandboxes, runs commands in them and
 /// destroys them. Optional powers (pause, snapshot, checkpoint) are separate
 /// traits.
@@ -184,6 +238,21 @@ pub trait Driver: Send + Sync {
 
     /// Freezing and thawing sandboxes in memory, when this driver can.
     fn pausable(&self) -> Option<&dyn Pausable> {
+        None
+    }
+
+    /// Capturing files as layers (snapshots, forks), when this driver can.
+    fn snapshots(&self) -> Option<&dyn Snapshottable> {
+        None
+    }
+
+    /// Suspend to disk, when this driver can.
+    fn suspending(&self) -> Option<&dyn Suspending> {
+        None
+    }
+
+    /// Forks with memory, when this driver can.
+    fn memory_forking(&self) -> Option<&dyn MemoryForking> {
         None
     }
 

@@ -64,7 +64,7 @@ pub struct NamespaceDriver {
     /// Bottom layer under every OCI image: the mount points Warren needs.
     oci_base: PathBuf,
     cgroups: CgroupLayout,
-    agents: Mutex<HashMap<String, Arc<AgentConn>>>,
+    pub(crate) agents: Mutex<HashMap<String, Arc<AgentConn>>>,
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> DriverError {
@@ -95,7 +95,12 @@ impl NamespaceDriver {
         // the sandboxes' uids, setuid ones included. Only root and the
         // sandboxes' own group (their root's host gid, which overlay needs
         // to reach its layers) may enter; other host users may not run them.
-        for dir in ["images", "sandboxes"] {
+        // Snapshot layers are copies of upper directories: the same rules.
+        std::fs::create_dir_all(data.join("snapshots")).map_err(io_err(format!(
+            "create {}",
+            data.join("snapshots").display()
+        )))?;
+        for dir in ["images", "sandboxes", "snapshots"] {
             let path = data.join(dir);
             std::os::unix::fs::chown(&path, Some(0), Some(cfg.id_map_base))
                 .map_err(io_err(format!("chown {}", path.display())))?;
@@ -168,7 +173,9 @@ impl NamespaceDriver {
             .cloned()
     }
 
-    async fn launch(&self, spec: &SandboxSpec) -> Result<i32, DriverError> {
+    /// Sets the sandbox up from its directory and starts its init. Files a
+    /// suspended sandbox left there (writable layer, disk image) are reused.
+    pub(crate) async fn launch(&self, spec: &SandboxSpec) -> Result<i32, DriverError> {
         let dir = self.sandbox_dir(&spec.id);
         std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
         // With a disk bound, the writable layers live on the sandbox's own
@@ -179,8 +186,11 @@ impl NamespaceDriver {
                 let mount = dir.join("disk");
                 std::fs::create_dir_all(&mount)
                     .map_err(io_err(format!("create {}", mount.display())))?;
-                warren_linux::disk::create_image(&image, mb)
-                    .map_err(|e| create_err("create disk image", e))?;
+                // A suspended sandbox's disk already holds its files.
+                if !image.exists() {
+                    warren_linux::disk::create_image(&image, mb)
+                        .map_err(|e| create_err("create disk image", e))?;
+                }
                 warren_linux::disk::mount_image(&image, &mount)
                     .map_err(|e| create_err("mount disk image", e))?;
                 mount
@@ -203,8 +213,10 @@ impl NamespaceDriver {
         // a skeleton; an OCI image is its own layers under a tiny top layer
         // that guarantees the mount points Warren needs.
         let (lower_dirs, read_only_binds, hidden_files, private_files) = if spec.layers.is_empty() {
+            let mut lowers = spec.snapshot_layers.clone();
+            lowers.push(self.host_image.rootfs.clone());
             (
-                vec![self.host_image.rootfs.clone()],
+                lowers,
                 self.host_image.binds.clone(),
                 self.host_image.hidden.clone(),
                 self.private_account_files(&dir)?,
@@ -214,6 +226,7 @@ impl NamespaceDriver {
             // pivot_root, when an image's symlink (`proc -> /somewhere`,
             // `.warren -> /var/lib/...`) would resolve on the host.
             let mut lowers = vec![self.oci_base.clone()];
+            lowers.extend(spec.snapshot_layers.iter().cloned());
             lowers.extend(spec.layers.iter().cloned());
             (lowers, Vec::new(), Vec::new(), Vec::new())
         };
@@ -287,6 +300,14 @@ impl NamespaceDriver {
         for name in ["passwd", "group"] {
             let host = Path::new("/etc").join(name);
             let copy = etc.join(name);
+            // A resumed sandbox keeps the accounts it added.
+            if copy.exists() {
+                binds.push(BindMount {
+                    source: copy,
+                    target: host,
+                });
+                continue;
+            }
             match std::fs::copy(&host, &copy) {
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -328,7 +349,7 @@ impl NamespaceDriver {
 
     /// The sandbox's agent connection; one reconnect when it dropped (the
     /// agent restarted its accept, or a daemon restart raced).
-    async fn live_conn(&self, id: &str) -> Result<Arc<AgentConn>, DriverError> {
+    pub(crate) async fn live_conn(&self, id: &str) -> Result<Arc<AgentConn>, DriverError> {
         if let Some(conn) = self.conn(id).filter(|c| c.is_alive()) {
             return Ok(conn);
         }
@@ -406,7 +427,7 @@ async fn spawn_bootstrap(agent: &Path) -> Result<tokio::process::Child, DriverEr
 }
 
 /// Writes the embedded agent to `bin/warren-agent` when it differs.
-fn install_agent(bin_dir: &Path) -> Result<PathBuf, DriverError> {
+pub(crate) fn install_agent(bin_dir: &Path) -> Result<PathBuf, DriverError> {
     let path = bin_dir.join("warren-agent");
     if std::fs::read(&path)
         .map(|b| b == AGENT_BINARY)
@@ -501,6 +522,14 @@ impl Driver for NamespaceDriver {
         Some(self)
     }
 
+    fn snapshots(&self) -> Option<&dyn crate::driver::Snapshottable> {
+        Some(self)
+    }
+
+    fn suspending(&self) -> Option<&dyn crate::Suspending> {
+        Some(self)
+    }
+
     async fn exec(&self, id: &str, spec: ExecSpec) -> Result<ExecOutcome, DriverError> {
         let conn = self.live_conn(id).await?;
         let oom_before = self.oom_kills(id);
@@ -568,7 +597,7 @@ impl Driver for NamespaceDriver {
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl NamespaceDriver {
-    async fn thaw(&self, id: &str) -> Result<(), DriverError> {
+    pub(crate) async fn thaw(&self, id: &str) -> Result<(), DriverError> {
         let cgroups = self.cgroups.clone();
         let parent = self.cfg.cgroup_parent.clone();
         let id_owned = id.to_string();
@@ -675,7 +704,7 @@ fn event_of(frame: Frame) -> Option<ProcessEvent> {
 }
 
 #[async_trait]
-impl ProcessControl for NamespaceDriver {
+impl<T: crate::agent_host::AgentHost> ProcessControl for T {
     async fn spawn(&self, id: &str, spec: SpawnSpec) -> Result<ProcessInfo, DriverError> {
         let conn = self.live_conn(id).await?;
         let argv = spec.argv.clone();

@@ -18,12 +18,12 @@ use warren_proto::{
     Frame, TarUploadRequest, PROTOCOL_VERSION,
 };
 
+use crate::agent_host::AgentHost;
 use crate::driver::DriverError;
 use crate::files::{
     ByteStream, FileControl, FileKind, FileStat, GrepMatch, GrepSpec, SearchResult, UnpackSummary,
     WatchEvent, WatchKind, WriteSpec,
 };
-use crate::namespace::NamespaceDriver;
 
 /// The first protocol version with file frames.
 const FILES_VERSION: u32 = 5;
@@ -323,10 +323,12 @@ async fn send_chunks(
     Ok(Ok(()))
 }
 
-impl NamespaceDriver {
+/// The file API's connections: one fresh agent connection per request.
+#[async_trait]
+trait FileConns: AgentHost {
     /// A new connection to the sandbox's agent with `request` sent on it.
     async fn file_conn(&self, id: &str, request: &Frame) -> Result<UnixStream, DriverError> {
-        let socket = self.socket_path(id);
+        let socket = self.agent_socket(id);
         let mut stream = UnixStream::connect(&socket)
             .await
             .map_err(|e| unavailable(format!("connect {}: {e}", socket.display())))?;
@@ -380,8 +382,10 @@ impl NamespaceDriver {
     }
 }
 
+impl<T: AgentHost + ?Sized> FileConns for T {}
+
 #[async_trait]
-impl FileControl for NamespaceDriver {
+impl<T: AgentHost> FileControl for T {
     async fn stat(&self, id: &str, path: &str) -> Result<FileStat, DriverError> {
         let request = Frame::FileStat(FilePathRequest {
             path: path.into(),

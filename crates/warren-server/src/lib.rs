@@ -8,12 +8,18 @@ mod error;
 mod file_transfer;
 mod files;
 mod images;
+mod lifecycle_state;
+mod lifetimes;
 mod openapi;
+mod pools;
 mod process_stream;
 mod request_log;
 mod request_validation;
 mod routes;
+mod sandbox_events;
 mod sandbox_service;
+mod snapshots;
+mod templates;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -108,7 +114,9 @@ fn build_router(state: AppState, require_key: bool) -> Router {
         )
         .route(
             "/v1/sandboxes/{id}",
-            get(routes::get_sandbox).delete(routes::delete_sandbox),
+            get(routes::get_sandbox)
+                .delete(routes::delete_sandbox)
+                .patch(lifetimes::update_sandbox),
         )
         .route("/v1/sandboxes/{id}/pause", post(routes::pause_sandbox))
         .route("/v1/sandboxes/{id}/resume", post(routes::resume_sandbox))
@@ -143,10 +151,18 @@ fn build_router(state: AppState, require_key: bool) -> Router {
         )
         .merge(files::router())
         .merge(images::router())
+        .merge(snapshots::router())
+        .merge(lifetimes::router())
+        .merge(templates::router())
+        .merge(pools::router())
         .route("/healthz", get(routes::healthz))
         .route("/openapi.json", get(routes::openapi_json))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            lifetimes::track_activity,
+        ))
         .with_state(state)
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(middleware::from_fn(request_log::catch_panic));
@@ -225,10 +241,23 @@ pub async fn serve(
     driver: Arc<dyn Driver>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve_with_drivers(config, store, driver, Vec::new(), shutdown).await
+}
+
+/// [`serve`] with more drivers than the default one (`driver` at create
+/// picks one by name, for example `gvisor`).
+pub async fn serve_with_drivers(
+    config: ServerConfig,
+    store: Store,
+    driver: Arc<dyn Driver>,
+    extra_drivers: Vec<Arc<dyn Driver>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let images_dir = config.data_dir.join("images");
     let images = ImageStore::open(&images_dir, config.id_map.0, config.id_map.1)
         .with_context(|| format!("opening the image store in {}", images_dir.display()))?
-        .with_sandboxes_dir(config.data_dir.join("sandboxes"));
+        .with_sandboxes_dir(config.data_dir.join("sandboxes"))
+        .with_snapshots_dir(config.data_dir.join("snapshots"));
     match images.sweep() {
         Ok(swept) if swept.layers_removed > 0 => tracing::info!(
             layers = swept.layers_removed,
@@ -241,6 +270,9 @@ pub async fn serve(
     let service = SandboxService::new(store.clone(), driver)
         .with_default_disk_mb(config.default_disk_mb)
         .with_images(Arc::new(images));
+    let service = extra_drivers
+        .into_iter()
+        .fold(service, SandboxService::with_driver);
     let service = match config.max_upload_mb {
         Some(mb) => service.with_max_upload_bytes(mb.saturating_mul(1024 * 1024)),
         None => service,
@@ -251,6 +283,13 @@ pub async fn serve(
         .recover()
         .await
         .context("recovering sandboxes from the previous run")?;
+    // Builds cut short and warm pools, before anything is served.
+    if let Err(e) = state.service.recover_templates().await {
+        tracing::warn!(error = %e, "could not recover interrupted template builds");
+    }
+    if let Err(e) = state.service.recover_pools().await {
+        tracing::warn!(error = %e, "could not recover the warm pools");
+    }
 
     let unix = bind_unix_socket(&config.socket_path).await?;
     tracing::info!(socket = %config.socket_path.display(), data_dir = %config.data_dir.display(), "listening on unix socket");
@@ -266,13 +305,21 @@ pub async fn serve(
     };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let timeouts = lifetimes::spawn_timeout_task(Arc::clone(&state.service), stop_rx.clone());
+    let service = Arc::clone(&state.service);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
+        // A build's NDJSON stream would hold the graceful shutdown.
+        service.lifecycle.builds.cancel();
+        // Open event streams would hold the graceful shutdown.
+        service.lifecycle.events.close();
     });
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    let pool_refill = pools::start_refill(Arc::clone(&state.service), stop_rx.clone());
+    let builds = Arc::clone(&state.service);
 
     let unix_server =
         axum::serve(unix, router(state.clone())).with_graceful_shutdown(stopped(stop_rx.clone()));
@@ -288,7 +335,11 @@ pub async fn serve(
         }
         None => unix_server.await.context("unix socket server"),
     };
+    // The refill task saw the stop too; let a create in progress finish.
+    let _ = pool_refill.await;
+    builds.lifecycle.builds.stop().await;
     let _ = std::fs::remove_file(&config.socket_path);
+    timeouts.abort();
     tracing::info!("server stopped");
     result
 }

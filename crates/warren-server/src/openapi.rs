@@ -132,5 +132,10 @@ struct WarrenApi;
 
 /// The OpenAPI document served at `GET /openapi.json` and committed as `docs/openapi.json`.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    WarrenApi::openapi()
+    let mut doc = WarrenApi::openapi();
+    doc.merge(crate::snapshots::ApiDoc::openapi());
+    doc.merge(crate::lifetimes::ApiDoc::openapi());
+    doc.merge(crate::templates::ApiDoc::openapi());
+    doc.merge(crate::pools::ApiDoc::openapi());
+    doc
 }

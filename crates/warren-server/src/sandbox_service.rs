@@ -16,7 +16,7 @@ use warren_runtime::{
     ChangeTracking, Driver, DriverError, FileControl, Pausable, ProcessControl, ProcessEvent,
     ProcessInfo, RuntimeInfo, SandboxSpec, SpawnSpec,
 };
-use warren_store::{SandboxRecord, Store};
+use warren_store::{Lifecycle, SandboxRecord, Store};
 
 use crate::error::{image_error, ApiError};
 use crate::request_validation::{validate_create, validate_exec};
@@ -99,7 +99,7 @@ fn valid_pty_size(size: warren_api::PtySize) -> Result<(u16, u16), ApiError> {
 /// 409 unless the sandbox is running. A paused sandbox's agent is frozen and
 /// would not answer, so nothing reaches the driver; the message says how to
 /// get it going again. `what` completes "… only in running sandboxes".
-fn not_running(id: &str, record: &SandboxRecord, what: &str) -> Result<(), ApiError> {
+pub(crate) fn not_running(id: &str, record: &SandboxRecord, what: &str) -> Result<(), ApiError> {
     match record.state {
         SandboxState::Running => Ok(()),
         SandboxState::Paused => Err(ApiError::invalid_state(format!(
@@ -120,6 +120,9 @@ pub struct ListFilter {
     pub state: Option<SandboxState>,
     /// Only sandboxes whose metadata has every one of these key/value pairs.
     pub metadata: Vec<(String, String)>,
+    /// Only the idle members of this template's warm pool (`pool=TEMPLATE`);
+    /// without it, pool members are hidden.
+    pub pool: Option<String>,
 }
 
 impl ListFilter {
@@ -135,11 +138,13 @@ impl ListFilter {
                     ))
                 })?;
                 filter.state = Some(state);
+            } else if key == "pool" {
+                filter.pool = Some(value);
             } else if let Some(meta_key) = key.strip_prefix("metadata.") {
                 filter.metadata.push((meta_key.to_owned(), value));
             } else {
                 return Err(ApiError::invalid_request(format!(
-                    "unknown query parameter {key:?}; use state or metadata.KEY"
+                    "unknown query parameter {key:?}; use state, pool or metadata.KEY"
                 )));
             }
         }
@@ -152,6 +157,7 @@ impl ListFilter {
             None => true,
         };
         state_ok
+            && record.lifecycle.pool == self.pool
             && self
                 .metadata
                 .iter()
@@ -170,8 +176,11 @@ pub struct RecoveryReport {
 
 /// Creates, lists, runs commands in and deletes sandboxes.
 pub struct SandboxService {
-    store: Store,
+    pub(crate) store: Store,
+    /// The default driver (`namespace`): used when a create names none.
     driver: Arc<dyn Driver>,
+    /// Every driver by name, the default one included.
+    drivers: HashMap<&'static str, Arc<dyn Driver>>,
     /// Disk bound for sandboxes whose request has none.
     default_disk_mb: Option<u64>,
     /// Stored OCI images (`None`: only the built-in `host` image).
@@ -187,6 +196,8 @@ pub struct SandboxService {
     /// example, a delete waits for a create in progress. Exec does not hold it
     /// while the command runs.
     locks: StdMutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// State of the lifetime, event, template and pool machinery.
+    pub(crate) lifecycle: crate::lifecycle_state::LifecycleState,
 }
 
 /// The command an image runs when a request gives none: its `Entrypoint`
@@ -204,7 +215,7 @@ fn image_command(image: &ImageInfo) -> Option<Vec<String>> {
 
 /// An image's `Env`, `WorkingDir` and `User` become the request's defaults;
 /// what the request says wins.
-fn apply_image_defaults(req: &mut CreateSandboxRequest, image: &ImageInfo) {
+pub(crate) fn apply_image_defaults(req: &mut CreateSandboxRequest, image: &ImageInfo) {
     let env = req.env.get_or_insert_with(Default::default);
     for entry in &image.config.env {
         if let Some((key, value)) = entry.split_once('=') {
@@ -231,7 +242,7 @@ fn apply_image_defaults(req: &mut CreateSandboxRequest, image: &ImageInfo) {
     }
 }
 
-fn parse_runtime(record: &SandboxRecord) -> Option<RuntimeInfo> {
+pub(crate) fn parse_runtime(record: &SandboxRecord) -> Option<RuntimeInfo> {
     let json = record.runtime.as_deref()?;
     match serde_json::from_str(json) {
         Ok(info) => Some(info),
@@ -245,15 +256,56 @@ fn parse_runtime(record: &SandboxRecord) -> Option<RuntimeInfo> {
 impl SandboxService {
     /// A service over this store and driver.
     pub fn new(store: Store, driver: Arc<dyn Driver>) -> Self {
+        let mut drivers: HashMap<&'static str, Arc<dyn Driver>> = HashMap::new();
+        drivers.insert(driver.name(), Arc::clone(&driver));
         Self {
             store,
             driver,
+            drivers,
+            lifecycle: Default::default(),
             default_disk_mb: None,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             images: None,
             image_use: tokio::sync::RwLock::new(()),
             locks: StdMutex::new(HashMap::new()),
         }
+    }
+
+    /// Adds another driver, chosen by `driver` at create.
+    pub fn with_driver(mut self, driver: Arc<dyn Driver>) -> Self {
+        self.drivers.insert(driver.name(), driver);
+        self
+    }
+
+    /// The names of the drivers this service has, sorted.
+    pub fn driver_names(&self) -> Vec<&'static str> {
+        let mut names: Vec<_> = self.drivers.keys().copied().collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// The driver a create request names (the default one when `None`);
+    /// 422 naming the available ones for any other name.
+    pub(crate) fn driver_named(&self, name: Option<&str>) -> Result<&Arc<dyn Driver>, ApiError> {
+        let Some(name) = name else {
+            return Ok(&self.driver);
+        };
+        self.drivers.get(name).ok_or_else(|| {
+            ApiError::invalid_value(format!(
+                "driver {name:?} is not available on this daemon; available: {}",
+                self.driver_names().join(", ")
+            ))
+        })
+    }
+
+    /// The driver a stored sandbox runs under.
+    pub(crate) fn driver_of(&self, record: &SandboxRecord) -> Result<&Arc<dyn Driver>, ApiError> {
+        self.drivers.get(record.driver.as_str()).ok_or_else(|| {
+            ApiError::internal(format!(
+                "sandbox {} runs under the {} driver, which this daemon was started without",
+                record.id, record.driver
+            ))
+        })
     }
 
     /// Bounds the disk of sandboxes created without `diskMb` to this many MiB.
@@ -286,7 +338,7 @@ impl SandboxService {
 
     /// A stored OCI image by name or digest; 422 when there is none, since
     /// the request names something that cannot be used.
-    fn stored_image(&self, name: &str) -> Result<ImageInfo, ApiError> {
+    pub(crate) fn stored_image(&self, name: &str) -> Result<ImageInfo, ApiError> {
         let Some(images) = &self.images else {
             return Err(ApiError::invalid_value(format!(
                 "image {name:?} is not available: this daemon has no image store"
@@ -343,6 +395,7 @@ impl SandboxService {
                 ),
             ));
         }
+        self.refuse_image_of_snapshots(&info).await?;
         let target = info.name.clone();
         let summary = tokio::task::spawn_blocking(move || images.remove(&target))
             .await
@@ -378,7 +431,7 @@ impl SandboxService {
         }
     }
 
-    async fn lock(&self, id: &str) -> OwnedMutexGuard<()> {
+    pub(crate) async fn lock(&self, id: &str) -> OwnedMutexGuard<()> {
         let lock = {
             // The map is only touched in these short non-panicking blocks, so
             // a poisoned lock still holds a consistent map.
@@ -396,11 +449,23 @@ impl SandboxService {
     }
 
     /// Sets the state and records the transition as an event.
-    async fn transition(
+    pub(crate) async fn transition(
         &self,
         id: &str,
         state: SandboxState,
         reason: Option<&str>,
+    ) -> Result<(), ApiError> {
+        self.transition_with(id, state, reason, serde_json::Map::new())
+            .await
+    }
+
+    /// Like [`Self::transition`], with `extra` fields in the event's data.
+    pub(crate) async fn transition_with(
+        &self,
+        id: &str,
+        state: SandboxState,
+        reason: Option<&str>,
+        extra: serde_json::Map<String, serde_json::Value>,
     ) -> Result<(), ApiError> {
         let current = self.record(id).await?.state;
         if !current.can_become(state) {
@@ -411,16 +476,17 @@ impl SandboxService {
             )));
         }
         self.store.set_state(id, state, reason).await?;
-        let data = match reason {
-            Some(reason) => serde_json::json!({ "reason": reason }),
-            None => serde_json::json!({}),
-        };
-        self.store.record_event(id, state.as_str(), &data).await?;
+        let mut data = extra;
+        if let Some(reason) = reason {
+            data.insert("reason".to_owned(), reason.into());
+        }
+        self.record_event(id, state.as_str(), serde_json::Value::Object(data))
+            .await?;
         tracing::info!(sandbox = %id, state = state.as_str(), reason, "sandbox state changed");
         Ok(())
     }
 
-    async fn record(&self, id: &str) -> Result<SandboxRecord, ApiError> {
+    pub(crate) async fn record(&self, id: &str) -> Result<SandboxRecord, ApiError> {
         self.store
             .get_sandbox(id)
             .await?
@@ -430,7 +496,26 @@ impl SandboxService {
 
     /// Validates the request, creates the sandbox and waits until it runs.
     /// A driver failure leaves the sandbox listed as `failed`.
-    pub async fn create(&self, mut req: CreateSandboxRequest) -> Result<Sandbox, ApiError> {
+    pub async fn create(&self, req: CreateSandboxRequest) -> Result<Sandbox, ApiError> {
+        if req.template.is_some() {
+            return self.create_from_template(req).await;
+        }
+        self.create_sandbox(req, Lifecycle::default()).await
+    }
+
+    /// Creates a sandbox; `seed` carries lifecycle fields set by the caller
+    /// (template, pool) that the request cannot.
+    pub(crate) async fn create_sandbox(
+        &self,
+        mut req: CreateSandboxRequest,
+        seed: Lifecycle,
+    ) -> Result<Sandbox, ApiError> {
+        let source = self.apply_snapshot(&mut req).await?;
+        let mut lifecycle = self.initial_lifecycle(&req, seed)?;
+        if let Some(source) = &source {
+            lifecycle.snapshot = Some(source.id.clone());
+        }
+        let driver = Arc::clone(self.driver_named(req.driver.as_deref())?);
         let image_use = self.image_use.read().await;
         let image = match req.image.as_deref() {
             Some(name) if name != warren_api::DEFAULT_IMAGE && !name.is_empty() => {
@@ -440,7 +525,7 @@ impl SandboxService {
             }
             _ => None,
         };
-        let mut valid = validate_create(req, &self.driver.capacity())?;
+        let mut valid = validate_create(req, &driver.capacity())?;
         if valid.resources.disk_mb.is_none() {
             valid.resources.disk_mb = self.default_disk_mb;
         }
@@ -457,11 +542,11 @@ impl SandboxService {
             }
             _ => (Vec::new(), None),
         };
-        if layers.is_empty() && !self.driver.has_image(&valid.image) {
+        if layers.is_empty() && !driver.has_image(&valid.image) {
             return Err(ApiError::invalid_value(format!(
                 "image {:?} is not available to the {} driver",
                 valid.image,
-                self.driver.name()
+                driver.name()
             )));
         }
         let now = Utc::now().trunc_subsecs(6);
@@ -470,7 +555,7 @@ impl SandboxService {
             name: valid.name,
             state: SandboxState::Creating,
             image: valid.image,
-            driver: self.driver.name().to_owned(),
+            driver: driver.name().to_owned(),
             resources: valid.resources,
             env: valid.env,
             workdir: valid.workdir,
@@ -480,19 +565,23 @@ impl SandboxService {
             failure_reason: None,
             runtime: None,
             user: valid.user,
-            default_command: image.as_ref().and_then(image_command),
+            default_command: source
+                .as_ref()
+                .and_then(|s| s.default_command.clone())
+                .or_else(|| image.as_ref().and_then(image_command)),
+            lifecycle,
         };
         let id = record.id.clone();
         let _guard = self.lock(&id).await;
         self.store.insert_sandbox(&record).await?;
         drop(image_use);
-        self.store
-            .record_event(&id, SandboxState::Creating.as_str(), &serde_json::json!({}))
+        self.record_event(&id, SandboxState::Creating.as_str(), serde_json::json!({}))
             .await?;
         let spec = SandboxSpec {
             id: id.clone(),
             image: record.image.clone(),
             layers,
+            snapshot_layers: source.map(|s| s.layers).unwrap_or_default(),
             cpus: record.resources.cpus,
             // Validation caps memoryMb at 1 TiB, so this cannot overflow.
             memory_bytes: record.resources.memory_mb.saturating_mul(1024 * 1024),
@@ -502,12 +591,13 @@ impl SandboxService {
             workdir: record.workdir.clone(),
             user: record.user.clone(),
         };
-        match self.driver.create(&spec).await {
+        match driver.create(&spec).await {
             Ok(info) => {
                 let json = serde_json::to_string(&info)
                     .map_err(|e| ApiError::internal(format!("encoding runtime info: {e}")))?;
                 self.store.set_runtime(&id, Some(&json)).await?;
                 self.transition(&id, SandboxState::Running, None).await?;
+                self.start_clocks(&id).await?;
             }
             Err(err) => {
                 let reason = err.to_string();
@@ -516,8 +606,9 @@ impl SandboxService {
                 return Err(match err {
                     DriverError::UnknownImage(image) => ApiError::invalid_value(format!(
                         "image {image:?} is not available to the {} driver",
-                        self.driver.name()
+                        driver.name()
                     )),
+                    DriverError::Invalid(message) => ApiError::invalid_value(message),
                     other => ApiError::internal(format!(
                         "sandbox {id} could not be created (it is kept as failed): {other}"
                     )),
@@ -547,28 +638,43 @@ impl SandboxService {
     /// Destroys the sandbox's processes and files and forgets it.
     pub async fn delete(&self, id: &str) -> Result<(), ApiError> {
         let guard = self.lock(id).await;
+        let record = self.delete_locked(id).await?;
+        drop(guard);
+        self.after_delete(&record).await;
+        Ok(())
+    }
+
+    /// The part of [`Self::delete`] done under the sandbox's lock (which the
+    /// caller holds); the caller runs [`Self::after_delete`] once it let go.
+    pub(crate) async fn delete_locked(&self, id: &str) -> Result<SandboxRecord, ApiError> {
         let record = self.record(id).await?;
         let info = parse_runtime(&record);
-        self.driver
+        self.driver_of(&record)?
             .destroy(id, info.as_ref())
             .await
             .map_err(|e| ApiError::internal(format!("destroying sandbox {id} failed: {e}")))?;
         self.transition(id, SandboxState::Deleted, None).await?;
         self.store.delete_sandbox(id).await?;
-        drop(guard);
-        self.forget_lock(id);
+        Ok(record)
+    }
+
+    /// Cleanup after a delete, without the sandbox's lock.
+    pub(crate) async fn after_delete(&self, record: &SandboxRecord) {
+        self.forget_lock(&record.id);
+        self.forget_activity(&record.id);
+        self.release_fork_snapshots(record).await;
         if record.image != warren_api::DEFAULT_IMAGE {
             self.sweep_image_layers().await;
         }
-        Ok(())
     }
 
     /// The driver's pause capability; 409 `capability_unsupported` without.
-    fn pausable(&self) -> Result<&dyn Pausable, ApiError> {
-        self.driver.pausable().ok_or_else(|| {
+    fn pausable(&self, record: &SandboxRecord) -> Result<&dyn Pausable, ApiError> {
+        let driver = self.driver_of(record)?;
+        driver.pausable().ok_or_else(|| {
             ApiError::new(
                 ErrorCode::CapabilityUnsupported,
-                format!("the {} driver cannot pause sandboxes", self.driver.name()),
+                format!("the {} driver cannot pause sandboxes", driver.name()),
             )
         })
     }
@@ -576,6 +682,11 @@ impl SandboxService {
     /// Freezes a running sandbox in memory: `running → paused`.
     pub async fn pause(&self, id: &str) -> Result<Sandbox, ApiError> {
         let _guard = self.lock(id).await;
+        self.pause_locked(id).await
+    }
+
+    /// [`Self::pause`] for a caller holding the sandbox's lock.
+    pub(crate) async fn pause_locked(&self, id: &str) -> Result<Sandbox, ApiError> {
         let record = self.record(id).await?;
         if record.state != SandboxState::Running {
             return Err(ApiError::invalid_state(format!(
@@ -583,7 +694,7 @@ impl SandboxService {
                 record.state.as_str()
             )));
         }
-        let pausable = self.pausable()?;
+        let pausable = self.pausable(&record)?;
         pausable
             .pause(id)
             .await
@@ -598,21 +709,49 @@ impl SandboxService {
         Ok(self.record(id).await?.to_api())
     }
 
-    /// Thaws a paused sandbox: `paused → running`.
+    /// Thaws a paused sandbox, or starts a suspended one again: `→ running`.
     pub async fn resume(&self, id: &str) -> Result<Sandbox, ApiError> {
+        self.resume_with(id, false).await
+    }
+
+    /// [`Self::resume`]; `auto` (a request resumed it) is noted in the
+    /// `running` event's data.
+    pub(crate) async fn resume_with(&self, id: &str, auto: bool) -> Result<Sandbox, ApiError> {
         let _guard = self.lock(id).await;
         let record = self.record(id).await?;
+        let mut extra = serde_json::Map::new();
+        if auto {
+            extra.insert("auto".to_owned(), true.into());
+        }
+        if record.state == SandboxState::Suspended {
+            self.resume_suspended_locked(&record, extra).await?;
+            self.note_resumed(id);
+            return Ok(self.record(id).await?.to_api());
+        }
         if record.state != SandboxState::Paused {
             return Err(ApiError::invalid_state(format!(
-                "sandbox {id} is {}; only a paused sandbox can be resumed",
+                "sandbox {id} is {}; only a paused or suspended sandbox can be resumed",
                 record.state.as_str()
             )));
         }
-        self.pausable()?
-            .resume(id)
+        let pausable = self.pausable(&record)?;
+        if let Err(e) = pausable.resume(id).await {
+            let err = ApiError::internal(format!("resuming sandbox {id} failed: {e}"));
+            self.note_resume_failed(id, &err).await;
+            return Err(err);
+        }
+        if let Err(e) = self
+            .transition_with(id, SandboxState::Running, None, extra)
             .await
-            .map_err(|e| ApiError::internal(format!("resuming sandbox {id} failed: {e}")))?;
-        self.transition(id, SandboxState::Running, None).await?;
+        {
+            // Not recorded as running: freeze it again.
+            if let Err(freeze) = pausable.pause(id).await {
+                tracing::warn!(sandbox = %id, error = %freeze, "could not re-freeze after a failed resume");
+            }
+            self.note_resume_failed(id, &e).await;
+            return Err(e);
+        }
+        self.note_resumed(id);
         Ok(self.record(id).await?.to_api())
     }
 
@@ -622,14 +761,14 @@ impl SandboxService {
         let mut req = req;
         self.default_command(&record, &mut req);
         let spec = validate_exec(req, &record.env, &record.workdir)?;
-        not_running(id, &record, "commands run")?;
-        match self.driver.exec(id, spec).await {
+        let record = self.active_record(id, "commands run").await?;
+        let _busy = self.activity_guard(id);
+        match self.driver_of(&record)?.exec(id, spec).await {
             Ok(outcome) => {
                 if outcome.oom_killed {
                     // Best effort: the result already tells the caller.
                     if let Err(e) = self
-                        .store
-                        .record_event(id, "oom_killed", &serde_json::json!({}))
+                        .record_event(id, "oom_killed", serde_json::json!({}))
                         .await
                     {
                         tracing::warn!(sandbox = %id, error = %e, "could not record oom event");
@@ -659,7 +798,10 @@ impl SandboxService {
         match self.record(id).await {
             Ok(current)
                 if current.state == SandboxState::Running
-                    && parse_runtime(&current).is_some_and(|i| self.driver.is_alive(id, &i)) =>
+                    && parse_runtime(&current).is_some_and(|i| {
+                        self.driver_of(&current)
+                            .is_ok_and(|driver| driver.is_alive(id, &i))
+                    }) =>
             {
                 // The init lives: the agent could not serve this request
                 // (for example the sandbox's pids limit left it no thread).
@@ -692,14 +834,14 @@ impl SandboxService {
         &self,
         id: &str,
     ) -> Result<(SandboxRecord, &dyn ProcessControl), ApiError> {
-        let record = self.record(id).await?;
-        not_running(id, &record, "processes run")?;
-        let control = self.driver.processes().ok_or_else(|| {
+        let record = self.active_record(id, "processes run").await?;
+        let driver = self.driver_of(&record)?;
+        let control = driver.processes().ok_or_else(|| {
             ApiError::new(
                 ErrorCode::CapabilityUnsupported,
                 format!(
                     "the {} driver cannot run background processes",
-                    self.driver.name()
+                    driver.name()
                 ),
             )
         })?;
@@ -862,6 +1004,9 @@ impl SandboxService {
     /// marks the others failed.
     pub async fn recover(&self) -> Result<RecoveryReport, ApiError> {
         let mut report = RecoveryReport::default();
+        if let Err(e) = self.clean_snapshot_dirs().await {
+            tracing::warn!(error = %e, "could not clean up interrupted snapshots");
+        }
         for candidate in self.store.list_sandboxes().await? {
             if !matches!(
                 candidate.state,
@@ -873,12 +1018,19 @@ impl SandboxService {
             let Some(record) = self.store.get_sandbox(&candidate.id).await? else {
                 continue;
             };
+            let driver = match self.driver_of(&record) {
+                Ok(driver) => Arc::clone(driver),
+                Err(e) => {
+                    tracing::warn!(sandbox = %record.id, error = %e, "sandbox left as it is");
+                    continue;
+                }
+            };
             let outcome = match parse_runtime(&record) {
                 // A paused sandbox's agent is frozen and would not answer the
                 // handshake: it stays paused, and the driver connects to it
                 // on the first request after it is resumed.
                 Some(info) if record.state == SandboxState::Paused => {
-                    if self.driver.is_alive(&record.id, &info) {
+                    if driver.is_alive(&record.id, &info) {
                         Ok(())
                     } else {
                         Err(format!(
@@ -891,12 +1043,12 @@ impl SandboxService {
                     // A daemon that died between freezing a sandbox and
                     // recording it paused left it frozen while recorded
                     // running; thaw it so the handshake can succeed.
-                    if let Some(pausable) = self.driver.pausable() {
+                    if let Some(pausable) = driver.pausable() {
                         if let Err(e) = pausable.resume(&record.id).await {
                             tracing::warn!(sandbox = %record.id, error = %e, "could not thaw a running sandbox during recovery");
                         }
                     }
-                    self.driver
+                    driver
                         .adopt(&record.id, &info)
                         .await
                         .map_err(|e| format!("{GONE_AFTER_RESTART}: {e}"))
@@ -932,29 +1084,26 @@ impl SandboxService {
     /// The running sandbox's file control; 404 for an unknown sandbox, 409
     /// when it is not running or its driver has no file API.
     pub(crate) async fn files_of(&self, id: &str) -> Result<&dyn FileControl, ApiError> {
-        self.require_running(id, "files are reachable").await?;
-        self.driver.files().ok_or_else(|| {
+        let record = self.active_record(id, "files are reachable").await?;
+        let driver = self.driver_of(&record)?;
+        driver.files().ok_or_else(|| {
             ApiError::new(
                 ErrorCode::CapabilityUnsupported,
-                format!("the {} driver has no file API", self.driver.name()),
+                format!("the {} driver has no file API", driver.name()),
             )
         })
     }
 
     /// The running sandbox's change tracking; like [`Self::files_of`].
     pub(crate) async fn changes_of(&self, id: &str) -> Result<&dyn ChangeTracking, ApiError> {
-        self.require_running(id, "changes are listed").await?;
-        self.driver.changes().ok_or_else(|| {
+        let record = self.active_record(id, "changes are listed").await?;
+        let driver = self.driver_of(&record)?;
+        driver.changes().ok_or_else(|| {
             ApiError::new(
                 ErrorCode::CapabilityUnsupported,
-                format!("the {} driver cannot list changes", self.driver.name()),
+                format!("the {} driver cannot list changes", driver.name()),
             )
         })
-    }
-
-    async fn require_running(&self, id: &str, what: &str) -> Result<(), ApiError> {
-        let record = self.record(id).await?;
-        not_running(id, &record, what)
     }
 
     /// Maps a driver error of a file operation onto the API's errors, with

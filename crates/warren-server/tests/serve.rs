@@ -74,6 +74,7 @@ async fn serves_on_a_private_unix_socket_and_recovers_first() {
             runtime: Some(r#"{"pid":1,"start_time":1,"agent_socket":"/nope"}"#.into()),
             user: None,
             default_command: None,
+            lifecycle: Default::default(),
         })
         .await
         .unwrap();

@@ -1,4 +1,4 @@
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::Row;
 
 use crate::{parse_timestamp, query_error, timestamp_text, Store, StoreError};
@@ -39,12 +39,52 @@ impl Store {
         Ok(())
     }
 
-    /// A sandbox's events, oldest first.
-    pub async fn list_events(&self, sandbox_id: &str) -> Result<Vec<EventRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, sandbox_id, kind, data, at FROM sandbox_events WHERE sandbox_id = $1 ORDER BY id",
+    /// Appends an event to a sandbox's log and returns it with its id.
+    pub async fn append_event(
+        &self,
+        sandbox_id: &str,
+        kind: &str,
+        data: &serde_json::Value,
+    ) -> Result<EventRecord, StoreError> {
+        // Stored with microseconds: what is returned equals what is read back.
+        let at = Utc::now().trunc_subsecs(6);
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO sandbox_events (sandbox_id, kind, data, at) VALUES ($1, $2, $3, $4) \
+             RETURNING id",
         )
         .bind(sandbox_id)
+        .bind(kind)
+        .bind(data.to_string())
+        .bind(timestamp_text(at))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(query_error("insert event"))?;
+        Ok(EventRecord {
+            id,
+            sandbox_id: sandbox_id.to_owned(),
+            kind: kind.to_owned(),
+            data: data.clone(),
+            at,
+        })
+    }
+
+    /// A sandbox's events, oldest first.
+    pub async fn list_events(&self, sandbox_id: &str) -> Result<Vec<EventRecord>, StoreError> {
+        self.list_events_after(sandbox_id, 0).await
+    }
+
+    /// A sandbox's events with an id larger than `after`, oldest first.
+    pub async fn list_events_after(
+        &self,
+        sandbox_id: &str,
+        after: i64,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, sandbox_id, kind, data, at FROM sandbox_events \
+             WHERE sandbox_id = $1 AND id > $2 ORDER BY id",
+        )
+        .bind(sandbox_id)
+        .bind(after)
         .fetch_all(&self.pool)
         .await
         .map_err(query_error("list events"))?;
@@ -68,5 +108,36 @@ impl Store {
                 })
             })
             .collect()
+    }
+}
+
+impl Store {
+    /// Sets only the `lastActivityAt` of a sandbox's lifecycle (the rest of
+    /// the object is left as it is, so no lock against concurrent updates
+    /// is needed). A missing sandbox is not an error.
+    pub async fn set_last_activity(&self, id: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE sandboxes SET lifecycle = json_set(lifecycle, '$.lastActivityAt', $1) \
+             WHERE id = $2",
+        )
+        .bind(timestamp_text(at))
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("set sandbox activity"))?;
+        Ok(())
+    }
+
+    /// Ids of the running, paused or suspended sandboxes with a timeout or
+    /// an idle timeout (what the timeout checker looks at).
+    pub async fn timed_sandbox_ids(&self) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT id FROM sandboxes WHERE state IN ('running', 'paused', 'suspended') \
+             AND (json_extract(lifecycle, '$.timeoutSecs') IS NOT NULL \
+                  OR json_extract(lifecycle, '$.idleTimeoutSecs') IS NOT NULL)",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("list timed sandboxes"))
     }
 }

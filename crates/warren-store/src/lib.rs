@@ -7,7 +7,10 @@
 mod api_keys;
 mod error;
 mod events;
+mod pools;
 mod sandboxes;
+mod snapshots;
+mod templates;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -20,7 +23,10 @@ use sqlx::SqlitePool;
 pub use api_keys::{ApiKeyInfo, NewApiKey, API_KEY_PREFIX};
 pub use error::StoreError;
 pub use events::EventRecord;
-pub use sandboxes::SandboxRecord;
+pub use pools::PoolRecord;
+pub use sandboxes::{Lifecycle, SandboxRecord};
+pub use snapshots::{SnapshotDefaults, SnapshotRecord};
+pub use templates::TemplateRecord;
 
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "warren.db";

@@ -1,9 +1,10 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
-use warren_api::{ResolvedResources, Sandbox, SandboxState};
+use warren_api::{OnTimeout, ResolvedResources, Sandbox, SandboxState};
 
 use crate::{parse_timestamp, query_error, timestamp_text, Store, StoreError};
 
@@ -41,6 +42,46 @@ pub struct SandboxRecord {
     /// What an exec runs when it names no command (the image's Entrypoint
     /// and Cmd when the sandbox was created); `None`: a command is required.
     pub default_command: Option<Vec<String>>,
+    /// Where it came from, its lifetime and its pool (the `lifecycle` column).
+    pub lifecycle: Lifecycle,
+}
+
+/// A sandbox's lifecycle beyond its state, stored as one JSON object.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Lifecycle {
+    /// The snapshot it was created from (`snap_…`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// The template it was created from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// The template whose warm pool holds it, until it is claimed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// Timeout in seconds from creation or the last extension.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+    /// Idle timeout in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<u64>,
+    /// What a timeout does.
+    pub on_timeout: OnTimeout,
+    /// Resume on the next exec, file or port request.
+    pub auto_resume: bool,
+    /// When the timeout expires.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The last exec, file or port activity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_activity_at: Option<DateTime<Utc>>,
+    /// When suspended: whether the driver kept the processes' memory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_preserved: Option<bool>,
+    /// The template this sandbox builds (a builder is deleted when its
+    /// build ends, and at startup when a build was cut short).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builder: Option<String>,
 }
 
 impl SandboxRecord {
@@ -60,13 +101,25 @@ impl SandboxRecord {
             updated_at: self.updated_at,
             failure_reason: self.failure_reason.clone(),
             user: self.user.clone(),
+            snapshot: self.lifecycle.snapshot.clone(),
+            template: self.lifecycle.template.clone(),
+            timeout_secs: self.lifecycle.timeout_secs,
+            idle_timeout_secs: self.lifecycle.idle_timeout_secs,
+            on_timeout: self.lifecycle.on_timeout,
+            auto_resume: self.lifecycle.auto_resume,
+            expires_at: self.lifecycle.expires_at,
+            last_activity_at: self.lifecycle.last_activity_at,
+            memory_preserved: self
+                .lifecycle
+                .memory_preserved
+                .filter(|_| self.state == SandboxState::Suspended),
         }
     }
 }
 
 const SANDBOX_COLUMNS: &str = "id, name, state, image, driver, cpus, memory_mb, pids_limit, env, \
      workdir, metadata, created_at, updated_at, failure_reason, runtime, default_user, disk_mb, \
-     default_command";
+     default_command, lifecycle";
 
 fn to_i64(field: &'static str, value: u64) -> Result<i64, StoreError> {
     i64::try_from(value).map_err(|_| StoreError::OutOfRange { field, value })
@@ -130,6 +183,8 @@ fn decode_sandbox(row: &SqliteRow) -> Result<SandboxRecord, StoreError> {
         default_command: get_opt("default_command")?
             .map(|text| serde_json::from_str(&text).map_err(|e| corrupt(&id, "default_command", e)))
             .transpose()?,
+        lifecycle: serde_json::from_str(&get("lifecycle")?)
+            .map_err(|e| corrupt(&id, "lifecycle", e))?,
         id,
     })
 }
@@ -146,10 +201,12 @@ impl Store {
             .map(serde_json::to_string)
             .transpose()
             .map_err(|e| corrupt(&rec.id, "default_command", e))?;
+        let lifecycle =
+            serde_json::to_string(&rec.lifecycle).map_err(|e| corrupt(&rec.id, "lifecycle", e))?;
         let sql = format!(
             "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
-             $18)"
+             $18, $19)"
         );
         sqlx::query(&sql)
             .bind(&rec.id)
@@ -175,6 +232,7 @@ impl Store {
                     .transpose()?,
             )
             .bind(default_command)
+            .bind(lifecycle)
             .execute(&self.pool)
             .await
             .map_err(|source| {
@@ -250,6 +308,21 @@ impl Store {
             .execute(&self.pool)
             .await
             .map_err(query_error("set sandbox runtime"))?;
+        if result.rows_affected() == 0 {
+            return Err(StoreError::SandboxNotFound(id.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Replaces the sandbox's lifecycle object.
+    pub async fn set_lifecycle(&self, id: &str, lifecycle: &Lifecycle) -> Result<(), StoreError> {
+        let json = serde_json::to_string(lifecycle).map_err(|e| corrupt(id, "lifecycle", e))?;
+        let result = sqlx::query("UPDATE sandboxes SET lifecycle = $1 WHERE id = $2")
+            .bind(json)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(query_error("set sandbox lifecycle"))?;
         if result.rows_affected() == 0 {
             return Err(StoreError::SandboxNotFound(id.to_owned()));
         }

@@ -27,6 +27,7 @@ fn record(id: &str, offset_ms: i64) -> SandboxRecord {
         runtime: None,
         user: None,
         default_command: None,
+        lifecycle: Default::default(),
     }
 }
 

@@ -264,6 +264,15 @@ impl Drop for Daemon {
     }
 }
 
+/// Asserts that a `warren` command failed with a one-line error that
+/// contains `needle` (a refused state transition names the current state).
+pub fn assert_conflict(out: &Output, needle: &str) {
+    assert!(!out.status.success(), "expected a failure");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains(needle), "{needle:?} in {stderr}");
+}
+
 /// One HTTP/1.1 request over a unix socket: (status, body).
 pub fn http_unix(
     socket: &Path,

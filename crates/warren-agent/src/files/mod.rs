@@ -18,6 +18,8 @@ mod sys;
 mod transfer;
 mod watch;
 
+pub(crate) use sys::enable_openat2_emulation;
+
 use std::io::BufReader;
 use std::os::unix::net::UnixStream;
 

@@ -166,6 +166,9 @@ pub struct ImageStore {
     /// Where sandboxes record the layer dirs they are mounted on
     /// (`<dir>/<id>/lowers.json`); garbage collection keeps those.
     sandboxes_dir: Option<PathBuf>,
+    /// The same for snapshots (`<dir>/<id>/lowers.json`: the layers the
+    /// snapshot's sandbox ran on, which sandboxes from it stack again).
+    snapshots_dir: Option<PathBuf>,
 }
 
 /// Keeps an image's layers from being garbage collected while a sandbox is
@@ -206,6 +209,7 @@ impl ImageStore {
             pins: blobs::Pins::default(),
             records_lock: std::sync::Mutex::new(()),
             sandboxes_dir: None,
+            snapshots_dir: None,
         })
     }
 
@@ -214,6 +218,14 @@ impl ImageStore {
     /// happens to the image records.
     pub fn with_sandboxes_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.sandboxes_dir = Some(dir.into());
+        self
+    }
+
+    /// Makes garbage collection keep every layer dir a snapshot under `dir`
+    /// stacks on (listed in `<dir>/<id>/lowers.json`), whatever happens to
+    /// the image records (a re-pulled tag, a removed image).
+    pub fn with_snapshots_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.snapshots_dir = Some(dir.into());
         self
     }
 

@@ -338,20 +338,21 @@ impl ImageStore {
 }
 
 impl ImageStore {
-    /// Layer dirs that sandboxes are mounted on, from their `lowers.json`.
+    /// Layer dirs that sandboxes are mounted on and snapshots stack on,
+    /// from their `lowers.json`.
     fn layers_in_use_by_sandboxes(&self) -> HashSet<PathBuf> {
         #[derive(serde::Deserialize)]
         struct Lowers {
             lowers: Vec<PathBuf>,
         }
         let mut dirs = HashSet::new();
-        let Some(sandboxes) = &self.sandboxes_dir else {
-            return dirs;
-        };
-        let Ok(entries) = std::fs::read_dir(sandboxes) else {
-            return dirs;
-        };
-        for entry in entries.flatten() {
+        let roots = [&self.sandboxes_dir, &self.snapshots_dir];
+        let entries = roots
+            .into_iter()
+            .flatten()
+            .filter_map(|root| std::fs::read_dir(root).ok())
+            .flat_map(|entries| entries.flatten());
+        for entry in entries {
             let Ok(bytes) = std::fs::read(entry.path().join("lowers.json")) else {
                 continue;
             };
