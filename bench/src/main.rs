@@ -4,6 +4,8 @@
 mod density;
 mod env;
 mod files;
+mod fork;
+mod gvisor;
 mod image;
 mod oci_registry;
 mod pause;
@@ -12,6 +14,7 @@ mod report;
 mod scenarios;
 mod stats;
 mod streaming;
+mod warm_pool;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,8 +33,8 @@ use crate::scenarios::{Ctx, Rounds, AVAILABLE, UNAVAILABLE};
 #[command(name = "warren-bench")]
 struct Args {
     /// `all`, or scenario names: create, exec, streaming, files (alias
-    /// file-transfer), image, concurrent, density (and the not yet available
-    /// fork, snapshot, port-proxy, warm-pool, pause-resume, gvisor-suspend).
+    /// file-transfer), image, pause-resume, gvisor-suspend, fork, snapshot, concurrent,
+    /// density (and the not yet available port-proxy, warm-pool).
     #[arg(required = true, value_name = "SCENARIO")]
     scenarios: Vec<String>,
     /// One counted round of each scenario, no warm-up (CI smoke run).
@@ -263,6 +266,22 @@ async fn run(args: Args) -> Result<()> {
                     );
                     pause::pause_resume(&mut ctx).await
                 }
+                "fork" => {
+                    let r = fork::rounds(args.quick);
+                    eprintln!(
+                        "warren-bench: fork ({} + {} rounds of fork, then of create from a small and a 100 MiB snapshot)",
+                        r.warmup, r.counted
+                    );
+                    fork::fork(&mut ctx).await
+                }
+                "snapshot" => {
+                    let r = fork::snapshot_rounds(args.quick);
+                    eprintln!(
+                        "warren-bench: snapshot ({} + {} rounds of a 100 MiB snapshot and cp -a)",
+                        r.warmup, r.counted
+                    );
+                    fork::snapshot(&mut ctx).await
+                }
                 "image" => {
                     eprintln!(
                         "warren-bench: image ({} rounds, each on a fresh daemon)",
@@ -274,6 +293,22 @@ async fn run(args: Args) -> Result<()> {
                     let total = if args.quick { 16 } else { 64 };
                     eprintln!("warren-bench: concurrent (16 clients, {total} sandboxes)");
                     scenarios::concurrent(&mut ctx, 16, total).await
+                }
+                "warm-pool" => {
+                    let r = warm_pool::rounds(args.quick);
+                    eprintln!(
+                        "warren-bench: warm-pool ({} + {} claims from a full pool, then as many creates from the template)",
+                        r.warmup, r.counted
+                    );
+                    warm_pool::warm_pool(&mut ctx).await
+                }
+                "gvisor-suspend" => {
+                    let r = gvisor::rounds(args.quick);
+                    eprintln!(
+                        "warren-bench: gvisor-suspend ({} + {} rounds of suspend+resume, then runsc checkpoint+restore by hand)",
+                        r.warmup, r.counted
+                    );
+                    gvisor::gvisor_suspend(&mut ctx).await
                 }
                 "density" => {
                     eprintln!(

@@ -24,13 +24,7 @@ pub(crate) fn check_stop() -> Result<()> {
 }
 
 /// Scenarios that exist in the issue but whose Warren capability is not built yet.
-pub const UNAVAILABLE: &[&str] = &[
-    "fork",
-    "snapshot",
-    "port-proxy",
-    "warm-pool",
-    "gvisor-suspend",
-];
+pub const UNAVAILABLE: &[&str] = &["port-proxy"];
 /// Scenarios that run today, in `all` order.
 pub const AVAILABLE: &[&str] = &[
     "create",
@@ -39,6 +33,10 @@ pub const AVAILABLE: &[&str] = &[
     "files",
     "image",
     "pause-resume",
+    "gvisor-suspend",
+    "fork",
+    "snapshot",
+    "warm-pool",
     "concurrent",
     "density",
 ];
