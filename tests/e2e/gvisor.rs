@@ -189,3 +189,157 @@ fn gvisor_refusals_leave_sandboxes_usable() {
     let out = d.warren(&["rm", &id]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+/// Picks a random number kept only in its memory, writes it once to
+/// `secret.start`, then rewrites `secret.now` every 0.05 s.
+const SECRET: &str = "
+import os, time
+secret = int.from_bytes(os.urandom(4), 'big')
+open('/workspace/secret.start', 'w').write(str(secret))
+while True:
+    open('/workspace/secret.now.tmp', 'w').write(str(secret))
+    os.rename('/workspace/secret.now.tmp', '/workspace/secret.now')
+    time.sleep(0.05)
+";
+
+/// The number in `path` once it is there (polls for up to 60 s).
+fn number_soon(d: &Daemon, id: &str, path: &str) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = d.warren(&["files", "cat", id, path]);
+        if out.status.success() {
+            if let Ok(n) = text(&out.stdout).trim().parse() {
+                return n;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id}: {path} never held a number: {}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The python process's in-memory value, written again after we remove its
+/// file (so only a running process with the value in memory can answer).
+fn fresh_secret(d: &Daemon, id: &str) -> u64 {
+    let out = d.warren(&["exec", id, "--", "rm", "-f", "/workspace/secret.now"]);
+    assert!(out.status.success(), "{id}: {}", text(&out.stderr));
+    number_soon(d, id, "/workspace/secret.now")
+}
+
+/// `POST /v1/sandboxes/{id}/fork {"count": 2, "memory": true}` on a gVisor
+/// sandbox: both copies run the parent's processes with their memory, the
+/// parent keeps running, and the copies' files are their own. A namespace
+/// sandbox refuses `memory: true` with 409 `capability_unsupported`.
+#[test]
+fn gvisor_fork_with_memory_copies_running_processes() {
+    if let Some(reason) = skip_reason() {
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let d = Daemon::start();
+    let parent = d.create(&["--driver", "gvisor"]);
+    let out = d.warren(&["exec", "-d", &parent, "--", "python3", "-c", SECRET]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let secret = number_soon(&d, &parent, "/workspace/secret.start");
+    assert_eq!(fresh_secret(&d, &parent), secret);
+
+    let (status, body) = http_unix(
+        &d.socket,
+        "POST",
+        &format!("/v1/sandboxes/{parent}/fork"),
+        Some(r#"{"count":2,"memory":true}"#),
+    )
+    .unwrap();
+    assert_eq!(status, 201, "{body}\n{}", d.log());
+    let forked: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(forked["snapshot"].as_str().is_some(), "{body}");
+    let sandboxes = forked["sandboxes"].as_array().unwrap();
+    assert_eq!(sandboxes.len(), 2, "{body}");
+    let children: Vec<String> = sandboxes
+        .iter()
+        .map(|s| {
+            assert_eq!(s["state"].as_str(), Some("running"), "{body}");
+            assert_eq!(s["driver"].as_str(), Some("gvisor"), "{body}");
+            s["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_ne!(children[0], children[1]);
+    assert!(!children.contains(&parent));
+
+    // Each copy's python process runs on with the parent's value.
+    for child in &children {
+        assert_eq!(
+            d.warren_json(&["inspect", child])["state"].as_str(),
+            Some("running")
+        );
+        assert_eq!(fresh_secret(&d, child), secret, "{child}");
+    }
+    // The parent keeps running with its value.
+    assert_eq!(
+        d.warren_json(&["inspect", &parent])["state"].as_str(),
+        Some("running")
+    );
+    assert_eq!(fresh_secret(&d, &parent), secret);
+
+    // A copy's file changes stay its own.
+    let out = d.warren(&[
+        "exec",
+        &children[0],
+        "--",
+        "sh",
+        "-c",
+        "echo mine > /workspace/own",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = d.warren(&["files", "cat", &children[0], "/workspace/own"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "mine");
+    for other in [&children[1], &parent] {
+        let out = d.warren(&["exec", other, "--", "test", "-e", "/workspace/own"]);
+        assert!(
+            !out.status.success(),
+            "{other} sees the file of {}",
+            children[0]
+        );
+    }
+
+    // A namespace sandbox cannot fork with memory.
+    let plain = d.create(&["--driver", "namespace"]);
+    let (status, body) = http_unix(
+        &d.socket,
+        "POST",
+        &format!("/v1/sandboxes/{plain}/fork"),
+        Some(r#"{"count":2,"memory":true}"#),
+    )
+    .unwrap();
+    assert_eq!(status, 409, "{body}");
+    let refused: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        refused["error"]["code"].as_str(),
+        Some("capability_unsupported"),
+        "{body}"
+    );
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("namespace"),
+        "{body}"
+    );
+
+    for id in children.iter().chain([&parent, &plain]) {
+        let out = d.warren(&["rm", id]);
+        assert!(out.status.success(), "rm {id}: {}", text(&out.stderr));
+        assert!(!d.data_dir().join("sandboxes").join(id).exists(), "{id}");
+    }
+    let listed = d.warren_json(&["ls"]);
+    let left = listed
+        .as_array()
+        .or_else(|| listed["sandboxes"].as_array())
+        .map(|a| a.iter().filter(|s| s["state"] != "deleted").count())
+        .unwrap_or(0);
+    assert_eq!(left, 0, "{listed}");
+}
