@@ -83,9 +83,13 @@ pub async fn pause(client: &Client, id: &str, json: bool) -> anyhow::Result<Exit
 }
 
 /// `warren resume ID`: prints the id (JSON: the sandbox, running again).
+/// Resuming a suspended sandbox starts it again (or restores its memory
+/// checkpoint), which takes longer than a thaw: a spinner shows it.
 pub async fn resume(client: &Client, id: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let sandbox = client.resume_sandbox(id).await?;
-    print_sandbox_or_id(&sandbox, json)
+    let spinner = Spinner::start("Resuming sandbox", json);
+    let result = client.resume_sandbox(id).await;
+    spinner.finish();
+    print_sandbox_or_id(&result?, json)
 }
 
 fn print_sandbox_or_id(sandbox: &Sandbox, json: bool) -> anyhow::Result<ExitCode> {
