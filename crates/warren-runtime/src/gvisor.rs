@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use warren_linux::host_image::{self, HostImage};
-use warren_proto::Frame;
 
 use crate::agent_conn::AgentConn;
 use crate::agent_host::AgentHost;
@@ -756,31 +755,7 @@ impl Driver for GvisorDriver {
 
     async fn exec(&self, id: &str, spec: ExecSpec) -> Result<ExecOutcome, DriverError> {
         let conn = self.live_conn(id).await?;
-        let answer = conn
-            .request(|stream| {
-                Frame::Exec(warren_proto::ExecRequest {
-                    stream,
-                    argv: spec.argv,
-                    cwd: spec.cwd,
-                    env: spec.env,
-                    stdin: spec.stdin,
-                    timeout_ms: spec.timeout.map(|t| t.as_millis() as u64),
-                    user: spec.user,
-                })
-            })
-            .await?;
-        match answer {
-            Frame::ExecDone(done) => Ok(ExecOutcome {
-                exit_code: done.exit_code,
-                stdout: done.stdout,
-                stderr: done.stderr,
-                duration: Duration::from_millis(done.duration_ms),
-                timed_out: done.timed_out,
-                oom_killed: false,
-            }),
-            Frame::Error { message, .. } => Err(DriverError::Agent(message)),
-            other => Err(DriverError::Agent(format!("unexpected answer {other:?}"))),
-        }
+        crate::agent_host::exec(&conn, spec).await
     }
 
     async fn destroy(&self, id: &str, info: Option<&RuntimeInfo>) -> Result<(), DriverError> {

@@ -361,6 +361,32 @@ impl NamespaceDriver {
         Ok(conn)
     }
 
+    /// What the store keeps about the sandbox whose init is `pid`.
+    pub(crate) fn runtime_info(&self, id: &str, pid: i32) -> RuntimeInfo {
+        RuntimeInfo {
+            pid,
+            start_time: process_state::stat(pid)
+                .map(|(_, start)| start)
+                .unwrap_or_default(),
+            agent_socket: self.socket_path(id),
+        }
+    }
+
+    /// Connects to the agent of a sandbox just started (or re-adopted) and
+    /// keeps the connection for its requests.
+    pub(crate) async fn attach_agent(
+        &self,
+        id: &str,
+        info: &RuntimeInfo,
+    ) -> Result<(), DriverError> {
+        let conn = AgentConn::connect(&info.agent_socket).await?;
+        self.agents
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.to_string(), conn);
+        Ok(())
+    }
+
     fn cleanup(&self, id: &str) -> Result<(), DriverError> {
         remove_sandbox_files(
             &self.cgroups,
@@ -468,22 +494,9 @@ impl Driver for NamespaceDriver {
                 return Err(e);
             }
         };
-        let start_time = process_state::stat(pid)
-            .map(|(_, start)| start)
-            .unwrap_or_default();
-        let info = RuntimeInfo {
-            pid,
-            start_time,
-            agent_socket: self.socket_path(&spec.id),
-        };
-        match AgentConn::connect(&info.agent_socket).await {
-            Ok(conn) => {
-                self.agents
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(spec.id.clone(), conn);
-                Ok(info)
-            }
+        let info = self.runtime_info(&spec.id, pid);
+        match self.attach_agent(&spec.id, &info).await {
+            Ok(()) => Ok(info),
             Err(e) => {
                 let _ = self.destroy(&spec.id, Some(&info)).await;
                 Err(e)
@@ -498,12 +511,7 @@ impl Driver for NamespaceDriver {
                 info.pid
             )));
         }
-        let conn = AgentConn::connect(&info.agent_socket).await?;
-        self.agents
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id.to_string(), conn);
-        Ok(())
+        self.attach_agent(id, info).await
     }
 
     fn processes(&self) -> Option<&dyn ProcessControl> {
@@ -533,31 +541,9 @@ impl Driver for NamespaceDriver {
     async fn exec(&self, id: &str, spec: ExecSpec) -> Result<ExecOutcome, DriverError> {
         let conn = self.live_conn(id).await?;
         let oom_before = self.oom_kills(id);
-        let answer = conn
-            .request(|stream| {
-                Frame::Exec(warren_proto::ExecRequest {
-                    stream,
-                    argv: spec.argv,
-                    cwd: spec.cwd,
-                    env: spec.env,
-                    stdin: spec.stdin,
-                    timeout_ms: spec.timeout.map(|t| t.as_millis() as u64),
-                    user: spec.user,
-                })
-            })
-            .await?;
-        match answer {
-            Frame::ExecDone(done) => Ok(ExecOutcome {
-                exit_code: done.exit_code,
-                stdout: done.stdout,
-                stderr: done.stderr,
-                duration: Duration::from_millis(done.duration_ms),
-                timed_out: done.timed_out,
-                oom_killed: self.oom_kills(id) > oom_before,
-            }),
-            Frame::Error { message, .. } => Err(DriverError::Agent(message)),
-            other => Err(DriverError::Agent(format!("unexpected answer {other:?}"))),
-        }
+        let mut outcome = crate::agent_host::exec(&conn, spec).await?;
+        outcome.oom_killed = self.oom_kills(id) > oom_before;
+        Ok(outcome)
     }
 
     async fn destroy(&self, id: &str, info: Option<&RuntimeInfo>) -> Result<(), DriverError> {

@@ -7,7 +7,6 @@ use std::sync::PoisonError;
 
 use async_trait::async_trait;
 
-use crate::agent_conn::AgentConn;
 use crate::driver::{DriverError, RuntimeInfo, SandboxSpec, Suspending};
 use crate::namespace::NamespaceDriver;
 use crate::process_state;
@@ -80,21 +79,9 @@ impl Suspending for NamespaceDriver {
                 return Err(e);
             }
         };
-        let info = RuntimeInfo {
-            pid,
-            start_time: process_state::stat(pid)
-                .map(|(_, start)| start)
-                .unwrap_or_default(),
-            agent_socket: self.socket_path(&spec.id),
-        };
-        match AgentConn::connect(&info.agent_socket).await {
-            Ok(conn) => {
-                self.agents
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(spec.id.clone(), conn);
-                Ok(info)
-            }
+        let info = self.runtime_info(&spec.id, pid);
+        match self.attach_agent(&spec.id, &info).await {
+            Ok(()) => Ok(info),
             Err(e) => {
                 // Back to suspended: processes and cgroups go, files stay.
                 if let Err(stop) = self.suspend(&spec.id, &info).await {

@@ -522,19 +522,11 @@ impl SandboxService {
             }
             None => Vec::new(),
         };
-        Ok(SandboxSpec {
-            id: record.id.clone(),
-            image: record.image.clone(),
+        Ok(crate::sandbox_service::spec_for(
+            record,
             layers,
             snapshot_layers,
-            cpus: record.resources.cpus,
-            memory_bytes: record.resources.memory_mb.saturating_mul(1024 * 1024),
-            pids_limit: record.resources.pids_limit,
-            disk_mb: record.resources.disk_mb,
-            env: record.env.clone().into_iter().collect(),
-            workdir: record.workdir.clone(),
-            user: record.user.clone(),
-        })
+        ))
     }
 
     /// Changes a sandbox's lifetime settings (`PATCH /v1/sandboxes/{id}`).

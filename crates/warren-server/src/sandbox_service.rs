@@ -242,6 +242,29 @@ pub(crate) fn apply_image_defaults(req: &mut CreateSandboxRequest, image: &Image
     }
 }
 
+/// What the driver needs to start the sandbox `record` describes, over
+/// these image layers and snapshot layers (both top first).
+pub(crate) fn spec_for(
+    record: &SandboxRecord,
+    layers: Vec<std::path::PathBuf>,
+    snapshot_layers: Vec<std::path::PathBuf>,
+) -> SandboxSpec {
+    SandboxSpec {
+        id: record.id.clone(),
+        image: record.image.clone(),
+        layers,
+        snapshot_layers,
+        cpus: record.resources.cpus,
+        // Validation caps memoryMb at 1 TiB, so this cannot overflow.
+        memory_bytes: record.resources.memory_mb.saturating_mul(1024 * 1024),
+        pids_limit: record.resources.pids_limit,
+        disk_mb: record.resources.disk_mb,
+        env: record.env.clone().into_iter().collect(),
+        workdir: record.workdir.clone(),
+        user: record.user.clone(),
+    }
+}
+
 pub(crate) fn parse_runtime(record: &SandboxRecord) -> Option<RuntimeInfo> {
     let json = record.runtime.as_deref()?;
     match serde_json::from_str(json) {
@@ -577,20 +600,11 @@ impl SandboxService {
         drop(image_use);
         self.record_event(&id, SandboxState::Creating.as_str(), serde_json::json!({}))
             .await?;
-        let spec = SandboxSpec {
-            id: id.clone(),
-            image: record.image.clone(),
+        let spec = spec_for(
+            &record,
             layers,
-            snapshot_layers: source.map(|s| s.layers).unwrap_or_default(),
-            cpus: record.resources.cpus,
-            // Validation caps memoryMb at 1 TiB, so this cannot overflow.
-            memory_bytes: record.resources.memory_mb.saturating_mul(1024 * 1024),
-            pids_limit: record.resources.pids_limit,
-            disk_mb: record.resources.disk_mb,
-            env: record.env.clone().into_iter().collect(),
-            workdir: record.workdir.clone(),
-            user: record.user.clone(),
-        };
+            source.map(|s| s.layers).unwrap_or_default(),
+        );
         match driver.create(&spec).await {
             Ok(info) => {
                 let json = serde_json::to_string(&info)

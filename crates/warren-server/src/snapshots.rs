@@ -25,7 +25,7 @@ use warren_api::{
     Resources, Sandbox, SandboxState, Snapshot, SnapshotKind, SnapshotList, MAX_FORK_COUNT,
 };
 use warren_runtime::images::{ImageInfo, ImageStore};
-use warren_runtime::{DriverError, SandboxSpec};
+use warren_runtime::DriverError;
 use warren_store::{Lifecycle, SandboxRecord, SnapshotDefaults, SnapshotRecord};
 
 use crate::error::ApiError;
@@ -920,19 +920,11 @@ impl SandboxService {
                 },
                 ..parent.clone()
             };
-            specs.push(SandboxSpec {
-                id: record.id.clone(),
-                image: record.image.clone(),
-                layers: image_layers.clone(),
-                snapshot_layers: snap.layers.clone(),
-                cpus: record.resources.cpus,
-                memory_bytes: record.resources.memory_mb.saturating_mul(1024 * 1024),
-                pids_limit: record.resources.pids_limit,
-                disk_mb: record.resources.disk_mb,
-                env: record.env.clone().into_iter().collect(),
-                workdir: record.workdir.clone(),
-                user: record.user.clone(),
-            });
+            specs.push(crate::sandbox_service::spec_for(
+                &record,
+                image_layers.clone(),
+                snap.layers.clone(),
+            ));
             records.push(record);
         }
         let mut failure = None;
