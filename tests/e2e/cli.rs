@@ -208,6 +208,7 @@ fn without_a_daemon_the_cli_starts_one() {
     for dir in harness::cgroup_parent_dirs(&parent) {
         let _ = std::fs::remove_dir(dir);
     }
+    harness::remove_nft_table(data.path());
     assert!(out.status.success(), "{stderr}");
     assert_eq!(text(&out.stdout), "hi\n");
     assert!(stderr.contains("started daemon"), "{stderr}");

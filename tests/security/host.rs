@@ -125,7 +125,7 @@ out(res)
 fn host_ports_and_sockets_are_unreachable_without_networking() {
     require_root!();
     let d = Daemon::start();
-    let id = d.create(&[]);
+    let id = d.create(&["--network", "none"]);
 
     let mut listeners = vec![TcpListener::bind("127.0.0.1:0").unwrap()];
     for addr in host_ipv4_addrs() {

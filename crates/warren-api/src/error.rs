@@ -58,6 +58,15 @@ pub enum ErrorCode {
     RegistryUnauthorized,
     /// 502: the registry failed or answered something unusable.
     RegistryError,
+    /// 403: the credentials are valid but do not allow this request (a
+    /// sandbox token used on another sandbox or an admin route, an API key
+    /// without the scope).
+    Forbidden,
+    /// 429: too many requests of this kind for this key; see `Retry-After`.
+    RateLimited,
+    /// 502: nothing listens on the sandbox port the request was proxied to,
+    /// or the connection to it failed.
+    PortUnreachable,
 }
 
 impl ErrorCode {
@@ -82,6 +91,9 @@ impl ErrorCode {
             Self::ImageInUse => "image_in_use",
             Self::RegistryUnauthorized => "registry_unauthorized",
             Self::RegistryError => "registry_error",
+            Self::Forbidden => "forbidden",
+            Self::RateLimited => "rate_limited",
+            Self::PortUnreachable => "port_unreachable",
         }
     }
 
@@ -105,6 +117,9 @@ impl ErrorCode {
             Self::ImageInUse => 409,
             Self::RegistryUnauthorized => 403,
             Self::RegistryError => 502,
+            Self::Forbidden => 403,
+            Self::RateLimited => 429,
+            Self::PortUnreachable => 502,
         }
     }
 }

@@ -3,14 +3,21 @@
 //! Every type here is serialized as JSON with camelCase field names and is part
 //! of the OpenAPI document served at `GET /openapi.json`. This crate does no I/O.
 
+mod access;
 mod error;
 mod exec;
 mod files;
 mod images;
 mod lifecycle;
+mod network;
+mod ports;
 mod process;
 mod sandbox;
 
+pub use access::{
+    ApiKeyScope, CreateSecretRequest, CreateTokenRequest, SandboxToken, SecretInfo, SecretList,
+    TokenScope, DEFAULT_TOKEN_TTL_SECS, MAX_TOKEN_TTL_SECS,
+};
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use exec::{ExecRequest, ExecResult};
 pub use files::{
@@ -28,6 +35,8 @@ pub use lifecycle::{
     SnapshotList, Template, TemplateBuildEvent, TemplateList, TemplateRemoved, TemplateState,
     UpdateSandboxRequest, MAX_FORK_COUNT,
 };
+pub use network::{NetworkInfo, NetworkMode, NetworkPolicy};
+pub use ports::{ExposedPort, ListeningPort, PortList, PortVisibility, SetPortsRequest};
 pub use process::{
     AttachControl, AttachEvent, DroppedEventData, ExitEventData, OutputEventData, Process,
     ProcessList, PtySize, SignalRequest, StartProcessRequest, StdinRequest, SIGNAL_NAMES,

@@ -187,6 +187,12 @@ pub struct CreateTemplateRequest {
     /// Default working directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workdir: Option<String>,
+    /// Egress policy of the builder sandbox that runs the setup (absent: the
+    /// daemon's default mode). Sandboxes created from the template do not
+    /// inherit it: they get the daemon's default, or the policy their
+    /// create request names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::NetworkPolicy>,
 }
 
 /// Where a template is.

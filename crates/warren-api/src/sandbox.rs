@@ -66,6 +66,13 @@ pub struct CreateSandboxRequest {
     /// Resume a paused or suspended sandbox on its next exec, file or port request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_resume: Option<bool>,
+    /// Egress policy (default: the daemon's default mode, `internet`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::NetworkPolicy>,
+    /// Names of secrets (`POST /v1/secrets`) put into the sandbox's
+    /// environment under their own names. Values never appear in the API.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 /// Requested resource limits. Signed so that negative values reach
@@ -244,6 +251,12 @@ pub struct Sandbox {
     /// or only its files (`namespace`: resume starts it again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_preserved: Option<bool>,
+    /// Its egress policy and address.
+    #[serde(default)]
+    pub network: crate::NetworkInfo,
+    /// Names of the secrets in its environment (never their values).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 /// `GET /v1/sandboxes`.

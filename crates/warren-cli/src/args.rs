@@ -212,6 +212,18 @@ pub enum Command {
     /// Manage warm pools: ready sandboxes of a template.
     #[command(subcommand)]
     Pool(crate::template_commands::PoolCommand),
+    /// Show or change a sandbox's egress policy.
+    Network(crate::network_commands::NetworkArgs),
+    /// List what listens in a sandbox and what it exposes; change exposure.
+    Ports(crate::port_commands::PortsArgs),
+    /// Forward a local TCP port to a port in a sandbox (like kubectl
+    /// port-forward).
+    PortForward(crate::port_commands::PortForwardArgs),
+    /// Mint a short-lived token for one sandbox.
+    Token(crate::access_commands::TokenArgs),
+    /// Manage secrets injected into sandboxes' environments.
+    #[command(subcommand)]
+    Secret(crate::access_commands::SecretCommand),
 }
 
 /// `warren serve`.
@@ -242,6 +254,12 @@ pub struct ServeArgs {
     /// uploads get 413 and leave no partial file.
     #[arg(long, env = "WARREN_MAX_UPLOAD_MB", value_name = "MIB", default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_upload_mb: u64,
+    #[command(flatten)]
+    pub network: crate::network_commands::NetworkServeArgs,
+    #[command(flatten)]
+    pub ports: crate::port_commands::PortServeArgs,
+    #[command(flatten)]
+    pub access: crate::access_commands::AccessServeArgs,
 }
 
 /// What a new sandbox looks like (`create` and `run`).
@@ -290,6 +308,10 @@ pub struct CreateOptions {
     /// With --template: claim a ready sandbox from the template's warm pool.
     #[arg(long, requires = "template")]
     pub from_pool: bool,
+    #[command(flatten)]
+    pub network: crate::network_commands::NetworkCreateOptions,
+    #[command(flatten)]
+    pub access: crate::access_commands::AccessCreateOptions,
 }
 
 /// `warren create`: what the sandbox looks like and how long it lives.
@@ -368,6 +390,8 @@ impl CreateOptions {
             snapshot: self.snapshot.clone(),
             template: self.template.clone(),
             from_pool: self.from_pool.then_some(true),
+            network: self.network.to_policy(),
+            secrets: self.access.secrets(),
             ..Default::default()
         })
     }
@@ -484,6 +508,10 @@ pub enum KeysCommand {
     Create {
         /// A unique name for the key.
         name: String,
+        /// What the key may do: admin, sandboxes:write or sandboxes:read
+        /// (repeatable; default admin).
+        #[arg(long = "scope", value_name = "SCOPE", value_parser = crate::keys::parse_key_scope)]
+        scopes: Vec<warren_api::ApiKeyScope>,
     },
     /// List API keys (never their secrets).
     #[command(alias = "list")]

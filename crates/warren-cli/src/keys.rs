@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use warren_api::ApiKeyScope;
 use warren_store::Store;
 
 use crate::args::KeysCommand;
@@ -20,7 +21,22 @@ struct KeyJson {
     name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     secret: Option<String>,
+    scopes: Vec<ApiKeyScope>,
     created_at: DateTime<Utc>,
+}
+
+/// Parses `admin`, `sandboxes:write` or `sandboxes:read`.
+pub fn parse_key_scope(s: &str) -> Result<ApiKeyScope, String> {
+    ApiKeyScope::parse(s)
+        .ok_or_else(|| format!("{s:?} is not one of admin, sandboxes:write, sandboxes:read"))
+}
+
+fn scopes_text(scopes: &[ApiKeyScope]) -> String {
+    scopes
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Runs one `keys` subcommand against the store in `data_dir`.
@@ -29,20 +45,23 @@ pub async fn run(data_dir: &Path, command: &KeysCommand, json: bool) -> anyhow::
         .await
         .with_context(|| format!("cannot open the Warren store in {}", data_dir.display()))?;
     match command {
-        KeysCommand::Create { name } => {
-            let key = store.create_api_key(name).await?;
+        KeysCommand::Create { name, scopes } => {
+            let key = store.create_api_key_with_scopes(name, scopes).await?;
             if json {
                 print_json(&KeyJson {
                     id: key.id,
                     name: key.name,
                     secret: Some(key.secret),
+                    scopes: key.scopes,
                     created_at: key.created_at,
                 })?;
             } else {
                 println!("{}", key.secret);
                 eprintln!(
-                    "warren: created API key {} ({}); the secret above is shown only once",
-                    key.name, key.id
+                    "warren: created API key {} ({}, scopes {}); the secret above is shown only once",
+                    key.name,
+                    key.id,
+                    scopes_text(&key.scopes)
                 );
             }
         }
@@ -55,6 +74,7 @@ pub async fn run(data_dir: &Path, command: &KeysCommand, json: bool) -> anyhow::
                         id: k.id,
                         name: k.name,
                         secret: None,
+                        scopes: k.scopes,
                         created_at: k.created_at,
                     })
                     .collect();
@@ -63,9 +83,12 @@ pub async fn run(data_dir: &Path, command: &KeysCommand, json: bool) -> anyhow::
                 let now = Utc::now();
                 let rows: Vec<Vec<String>> = keys
                     .into_iter()
-                    .map(|k| vec![k.id, k.name, age(k.created_at, now)])
+                    .map(|k| vec![k.id, k.name, scopes_text(&k.scopes), age(k.created_at, now)])
                     .collect();
-                print!("{}", render_table(&["ID", "NAME", "CREATED"], &rows));
+                print!(
+                    "{}",
+                    render_table(&["ID", "NAME", "SCOPES", "CREATED"], &rows)
+                );
             }
         }
         KeysCommand::Rm { key } => {

@@ -1,5 +1,6 @@
 //! `warren`: the command-line interface to Warren, and `warren serve`.
 
+mod access_commands;
 mod args;
 mod daemon_autostart;
 mod exec_commands;
@@ -8,7 +9,9 @@ mod files_commands;
 mod image_commands;
 mod keys;
 mod lifecycle_commands;
+mod network_commands;
 mod output;
+mod port_commands;
 mod process_commands;
 mod sandbox_commands;
 mod serve;
@@ -164,6 +167,26 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pool(pool_command) => {
             let client = connect(&global).await?;
             template_commands::pool(&client, &pool_command, json).await
+        }
+        Command::Network(args) => {
+            let client = connect(&global).await?;
+            network_commands::run(&client, &args, json).await
+        }
+        Command::Ports(args) => {
+            let client = connect(&global).await?;
+            port_commands::ports(&client, &args, json).await
+        }
+        Command::PortForward(args) => {
+            let client = connect(&global).await?;
+            port_commands::port_forward(&client, &args, json).await
+        }
+        Command::Token(args) => {
+            let client = connect(&global).await?;
+            access_commands::token(&client, &args, json).await
+        }
+        Command::Secret(command) => {
+            let client = connect(&global).await?;
+            access_commands::secret(&client, &command, json).await
         }
     }
 }

@@ -210,6 +210,8 @@ mod tests {
             expires_at: None,
             last_activity_at: None,
             memory_preserved: None,
+            network: Default::default(),
+            secrets: Vec::new(),
         }
     }
 

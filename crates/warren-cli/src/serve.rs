@@ -36,6 +36,9 @@ pub async fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCo
         default_disk_mb: args.default_disk_mb,
         id_map,
         max_upload_mb: Some(args.max_upload_mb),
+        network: args.network.settings(),
+        ports: args.ports.settings(),
+        access: args.access.settings(),
     };
     let extra = gvisor_driver(data_dir).into_iter().collect();
     warren_server::serve_with_drivers(config, store, driver, extra, shutdown_signal()).await?;

@@ -46,6 +46,10 @@ pub enum TemplateCommand {
         /// Disk space in MiB.
         #[arg(long, value_name = "MIB")]
         disk: Option<i64>,
+        // --network/--allow-out/--deny-out: the builder sandbox's policy
+        // (sandboxes created from the template get the daemon's default).
+        #[command(flatten)]
+        network: Box<crate::network_commands::NetworkCreateOptions>,
     },
     /// List templates.
     #[command(alias = "list")]
@@ -103,6 +107,7 @@ pub async fn template(
             memory,
             pids,
             disk,
+            network,
         } => {
             let resources = Resources {
                 cpus: *cpus,
@@ -117,6 +122,7 @@ pub async fn template(
                 env: (!env.is_empty()).then(|| env.iter().cloned().collect()),
                 resources: (resources != Resources::default()).then_some(resources),
                 workdir: workdir.clone(),
+                network: network.to_policy(),
             };
             create(client, &req, json).await
         }

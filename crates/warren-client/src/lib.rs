@@ -25,11 +25,14 @@
 //! `/run/warren/warren.sock`) or over TCP with a bearer API key. Every method
 //! opens its own connection, so a [`Client`] is cheap to clone and share.
 
+mod access;
 mod attach;
 mod error;
 mod files;
 mod images;
 mod lifecycle;
+mod network;
+mod ports;
 mod process;
 mod routes;
 mod snapshots;
@@ -54,6 +57,10 @@ pub use target::{Target, DEFAULT_SOCKET_PATH};
 pub use templates::TemplateBuildStream;
 pub use tokio_tungstenite::tungstenite::Message as WsMessage;
 pub use warren_api::{
+    ApiKeyScope, CreateSecretRequest, CreateTokenRequest, SandboxToken, SecretInfo, SecretList,
+    TokenScope,
+};
+pub use warren_api::{
     AttachControl, AttachEvent, CreateSandboxRequest, ErrorBody, ErrorDetail, ExecRequest,
     ExecResult, Health, Process, ProcessList, PtySize, ResolvedResources, Resources, Sandbox,
     SandboxList, SandboxState, SignalRequest, StartProcessRequest, StdinRequest, SIGNAL_NAMES,
@@ -70,6 +77,7 @@ pub use warren_api::{
     CreateSnapshotRequest, ForkRequest, ForkResult, Snapshot, SnapshotKind, SnapshotList,
     MAX_FORK_COUNT,
 };
+pub use warren_api::{ExposedPort, ListeningPort, PortList, PortVisibility, SetPortsRequest};
 pub use warren_api::{
     Image, ImageConfig, ImageLayer, ImageRemoved, PullImageRequest, PullProgress, PullProgressKind,
 };

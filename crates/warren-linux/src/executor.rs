@@ -130,6 +130,33 @@ pub fn apply_step(sys: &mut dyn Syscalls, step: &SetupStep) -> Result<(), SetupE
                 MS_NOSUID | MS_NODEV | MS_NOEXEC,
             ),
         },
+        SetupStep::BindResolvConf { source, target } => {
+            // Only through a real /etc of the new root (lstat: a symlink is
+            // not a directory), and never through a symlink at the file
+            // itself: one there is replaced by an empty file in the
+            // sandbox's writable layer (an image lacking the file gets one).
+            let Some(etc) = target.parent() else {
+                return Ok(());
+            };
+            match sys.probe(etc) {
+                Some(true) => {}
+                // An image without /etc gets one (nothing there to follow).
+                None => sys.mkdir_all(etc).map_err(at("mkdir", etc))?,
+                // A file or a symlink (which could lead out of the root).
+                Some(false) => return Ok(()),
+            }
+            if sys.is_symlink(target) && sys.remove_file(target).is_err() {
+                return Ok(()); // read-only /etc (host image): keep the image's
+            }
+            match sys.probe(target) {
+                Some(true) => return Ok(()), // a directory: leave it alone
+                Some(false) => {}
+                None => sys
+                    .create_file(target)
+                    .map_err(at("create mount point", target))?,
+            }
+            bind_read_only(sys, source, target, MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        }
         SetupStep::BindPrivateFile { source, target } => {
             sys.create_file(target)
                 .map_err(at("create mount point", target))?;
@@ -229,6 +256,9 @@ pub fn apply_step(sys: &mut dyn Syscalls, step: &SetupStep) -> Result<(), SetupE
         SetupStep::SetHostname { name } => sys
             .sethostname(name)
             .map_err(at("sethostname", Path::new(name))),
+        SetupStep::LoopbackUp => sys
+            .loopback_up()
+            .map_err(at("bring loopback up", Path::new("lo"))),
         SetupStep::CloseInheritedFds { keep } => sys
             .cloexec_fds_except(keep)
             .map_err(at("close inherited fds", Path::new("/proc/self/fd"))),
@@ -273,6 +303,7 @@ mod tests {
             }],
             hidden_files: vec![],
             private_files: vec![],
+            resolv_conf: None,
             agent_binary: "/a".into(),
             agent_socket: "/s".into(),
             cgroup_procs: vec![],
@@ -305,7 +336,8 @@ mod tests {
         assert!(idx("mount /usr -> /r/usr") < idx("pivot_root /r"));
         assert!(idx("mount proc -> /r/proc") < idx("pivot_root /r"));
         assert!(idx("pivot_root") < idx("sethostname sbx"));
-        assert!(idx("sethostname") < idx("cloexec except [3]"));
+        assert!(idx("pivot_root") < idx("loopback up"));
+        assert!(idx("loopback up") < idx("cloexec except [3]"));
         assert!(idx("cloexec") < idx("no_new_privs"));
         assert_eq!(
             sys.calls[sys.calls.len() - 2],
@@ -341,6 +373,30 @@ mod tests {
             .unwrap();
         let flags = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV;
         assert!(remount.contains(&format!("flags={flags:#x}")), "{remount}");
+    }
+
+    #[test]
+    fn resolv_conf_needs_a_real_etc_and_is_bound_read_only() {
+        let step = SetupStep::BindResolvConf {
+            source: "/data/network/resolv.conf".into(),
+            target: "/r/etc/resolv.conf".into(),
+        };
+        // /etc is not a directory of the root (e.g. a symlink): skipped.
+        let mut sys = RecordingSyscalls::default();
+        apply_step(&mut sys, &step).unwrap();
+        assert!(sys.calls.is_empty(), "{:?}", sys.calls);
+        let mut sys = RecordingSyscalls {
+            existing_dirs: vec!["/r/etc".into()],
+            ..Default::default()
+        };
+        apply_step(&mut sys, &step).unwrap();
+        assert!(sys.calls[0].starts_with("mount /data/network/resolv.conf -> /r/etc/resolv.conf"));
+        let flags = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC;
+        assert!(
+            sys.calls[1].contains(&format!("flags={flags:#x}")),
+            "{:?}",
+            sys.calls
+        );
     }
 
     #[test]

@@ -35,6 +35,12 @@ pub struct LaunchConfig {
     /// sandbox's own /etc/passwd and /etc/group, so users can be added).
     #[serde(default)]
     pub private_files: Vec<BindMount>,
+    /// Host file bound read-only over the sandbox's `/etc/resolv.conf`
+    /// (Warren's resolver). Skipped when `/etc` is not a real directory of
+    /// the image; a symlink at `/etc/resolv.conf` is replaced by a file in
+    /// the sandbox's writable layer (never followed), or the bind skipped.
+    #[serde(default)]
+    pub resolv_conf: Option<PathBuf>,
     /// Host path of the static agent binary, bind-mounted read-only.
     pub agent_binary: PathBuf,
     /// Host path of the agent's unix socket.

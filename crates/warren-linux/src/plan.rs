@@ -36,6 +36,14 @@ pub enum SetupStep {
         /// Mount point inside the new root.
         target: PathBuf,
     },
+    /// Bind a host file read-only over `<root>/etc/resolv.conf` without
+    /// following a symlink out of the root (see `LaunchConfig::resolv_conf`).
+    BindResolvConf {
+        /// Host path.
+        source: PathBuf,
+        /// `<root>/etc/resolv.conf`.
+        target: PathBuf,
+    },
     /// Hide a file behind /dev/null (skipped when the file does not exist).
     HideFile {
         /// The file.
@@ -99,6 +107,11 @@ pub enum SetupStep {
         /// The hostname.
         name: String,
     },
+    /// Bring the new network namespace's loopback interface up, so that
+    /// programs in the sandbox can talk to each other over 127.0.0.1 in every
+    /// network mode, and make interfaces added later (the `eth0` of a
+    /// networked sandbox) IPv4-only: sandboxes have no IPv6 route out.
+    LoopbackUp,
     /// Mark every inherited fd above stderr close-on-exec except the listed ones.
     CloseInheritedFds {
         /// Fds that must survive into the agent.
@@ -188,6 +201,12 @@ pub fn child_plan(cfg: &LaunchConfig, keep_fds: &[i32]) -> Vec<SetupStep> {
             target: inside(root, hidden),
         });
     }
+    if let Some(source) = &cfg.resolv_conf {
+        steps.push(SetupStep::BindResolvConf {
+            source: source.clone(),
+            target: root.join("etc/resolv.conf"),
+        });
+    }
     steps.push(SetupStep::BindReadOnly {
         source: cfg.agent_binary.clone(),
         target: inside(root, Path::new(AGENT_PATH_IN_SANDBOX)),
@@ -233,6 +252,8 @@ pub fn child_plan(cfg: &LaunchConfig, keep_fds: &[i32]) -> Vec<SetupStep> {
     steps.push(SetupStep::PivotRoot {
         new_root: root.to_path_buf(),
     });
+    // Before /proc/sys turns read-only.
+    steps.push(SetupStep::LoopbackUp);
     for path in MASKED_PATHS {
         steps.push(SetupStep::MaskPath { path: path.into() });
     }
@@ -279,6 +300,7 @@ mod tests {
             }],
             hidden_files: vec!["/etc/shadow".into()],
             private_files: vec![],
+            resolv_conf: None,
             agent_binary: "/data/bin/warren-agent".into(),
             agent_socket: "/data/sandboxes/abc123/agent.sock".into(),
             cgroup_procs: vec![],
@@ -342,6 +364,26 @@ mod tests {
         assert!(steps.contains(&SetupStep::SetHostname {
             name: "abc123".into()
         }));
+    }
+
+    #[test]
+    fn resolv_conf_is_bound_inside_the_root_before_pivot_root() {
+        let mut cfg = sample_config();
+        let steps = child_plan(&cfg, &[]);
+        assert!(!steps
+            .iter()
+            .any(|s| matches!(s, SetupStep::BindResolvConf { .. })));
+        cfg.resolv_conf = Some("/data/network/resolv.conf".into());
+        let steps = child_plan(&cfg, &[]);
+        let bind = position(&steps, |s| {
+            *s == SetupStep::BindResolvConf {
+                source: "/data/network/resolv.conf".into(),
+                target: "/data/sandboxes/abc123/rootfs/etc/resolv.conf".into(),
+            }
+        });
+        let pivot = position(&steps, |s| matches!(s, SetupStep::PivotRoot { .. }));
+        let etc = position(&steps, |s| matches!(s, SetupStep::BindReadOnly { .. }));
+        assert!(etc < bind && bind < pivot);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::ffi::CString;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -27,10 +28,17 @@ pub trait Syscalls {
     fn symlink(&mut self, original: &Path, link: &Path) -> io::Result<()>;
     /// lstat: `Some(is_dir)` when the path exists.
     fn probe(&mut self, path: &Path) -> Option<bool>;
+    /// lstat: whether the path is a symlink.
+    fn is_symlink(&mut self, path: &Path) -> bool;
+    /// unlink(2).
+    fn remove_file(&mut self, path: &Path) -> io::Result<()>;
     /// statvfs(2) `f_flag` of the filesystem holding `path`.
     fn mount_flags(&mut self, path: &Path) -> io::Result<u64>;
     /// sethostname(2).
     fn sethostname(&mut self, name: &str) -> io::Result<()>;
+    /// Sets IFF_UP on `lo` in the current network namespace and disables
+    /// IPv6 on interfaces created in it later (`conf/default`).
+    fn loopback_up(&mut self) -> io::Result<()>;
     /// Marks fds above 2 close-on-exec, except `keep`.
     fn cloexec_fds_except(&mut self, keep: &[i32]) -> io::Result<()>;
     /// prctl(PR_SET_NO_NEW_PRIVS).
@@ -131,6 +139,14 @@ impl Syscalls for LinuxSyscalls {
         std::fs::symlink_metadata(path).ok().map(|m| m.is_dir())
     }
 
+    fn is_symlink(&mut self, path: &Path) -> bool {
+        std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
+    }
+
+    fn remove_file(&mut self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
     fn mount_flags(&mut self, path: &Path) -> io::Result<u64> {
         let c = cstr(path)?;
         // SAFETY: statvfs is plain old data; zeroed is a valid initial value.
@@ -143,6 +159,32 @@ impl Syscalls for LinuxSyscalls {
     fn sethostname(&mut self, name: &str) -> io::Result<()> {
         // SAFETY: pointer and length describe the bytes of `name`.
         check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) })
+    }
+
+    fn loopback_up(&mut self) -> io::Result<()> {
+        // SAFETY: a plain socket(2) call; the fd is owned below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by socket(2) and is owned only here.
+        let sock = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *dst = *src as libc::c_char;
+        }
+        // SAFETY: SIOCGIFFLAGS fills the flags of the named interface in `req`.
+        check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) })?;
+        // SAFETY: SIOCGIFFLAGS wrote the `ifru_flags` member of the union.
+        unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+        // SAFETY: SIOCSIFFLAGS reads the name and flags from `req`.
+        check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) })?;
+        // Per network namespace (this process's); absent without IPv6.
+        match std::fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", b"1") {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
     }
 
     fn cloexec_fds_except(&mut self, keep: &[i32]) -> io::Result<()> {
@@ -335,11 +377,22 @@ impl Syscalls for RecordingSyscalls {
     fn probe(&mut self, path: &Path) -> Option<bool> {
         Some(self.existing_dirs.iter().any(|d| d == path))
     }
+    fn is_symlink(&mut self, _path: &Path) -> bool {
+        false
+    }
+    fn remove_file(&mut self, path: &Path) -> io::Result<()> {
+        self.calls.push(format!("unlink {}", path.display()));
+        Ok(())
+    }
     fn mount_flags(&mut self, _path: &Path) -> io::Result<u64> {
         Ok(0)
     }
     fn sethostname(&mut self, name: &str) -> io::Result<()> {
         self.calls.push(format!("sethostname {name}"));
+        Ok(())
+    }
+    fn loopback_up(&mut self) -> io::Result<()> {
+        self.calls.push("loopback up".into());
         Ok(())
     }
     fn cloexec_fds_except(&mut self, keep: &[i32]) -> io::Result<()> {

@@ -261,6 +261,16 @@ pub trait Driver: Send + Sync {
         None
     }
 
+    /// The pid of a process in the sandbox's own network namespace on the
+    /// host (`/proc/PID/ns/net`), through which the daemon configures its
+    /// network and reaches its ports. `None`: the driver has its own network
+    /// stack (gVisor) and Warren's networking does not apply. The pid is
+    /// `info`'s process (started at `info.start_time`): callers pair the two
+    /// ([`crate::netns::NetnsOwner`]) so that a recycled pid is refused.
+    fn network_namespace_pid(&self, _info: &RuntimeInfo) -> Option<i32> {
+        None
+    }
+
     /// Creates and starts a sandbox; returns once its agent is ready.
     async fn create(&self, spec: &SandboxSpec) -> Result<RuntimeInfo, DriverError>;
 

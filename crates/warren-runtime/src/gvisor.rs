@@ -76,6 +76,25 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> DriverEr
     move |source| DriverError::Io { context, source }
 }
 
+/// Writes `bytes` to `path` readable by root only (mode 0600, also when the
+/// file already existed): a bundle's config.json carries the sandbox's
+/// environment, secrets included.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), DriverError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let context = || format!("write {}", path.display());
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err(context()))?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(io_err(format!("chmod 0600 {}", path.display())))?;
+    file.write_all(bytes).map_err(io_err(context()))
+}
+
 pub(crate) fn create_err(step: &str, message: impl std::fmt::Display) -> DriverError {
     DriverError::Create {
         step: step.into(),
@@ -410,7 +429,7 @@ impl GvisorDriver {
             let path = paths.dir.join("config.json");
             let text = serde_json::to_vec_pretty(&config)
                 .map_err(|e| create_err("write config.json", e))?;
-            std::fs::write(&path, text).map_err(io_err(format!("write {}", path.display())))?;
+            write_private(&path, &text)?;
             Ok(paths)
         })
         .await
@@ -767,6 +786,21 @@ impl Driver for GvisorDriver {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn bundle_config_is_written_root_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        write_private(&path, b"{\"env\": [\"KEY=long value\"]}").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // An existing, wider file is narrowed and truncated.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_private(&path, b"{}").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(std::fs::read(&path).unwrap(), b"{}");
+    }
 
     #[test]
     fn verdicts_are_read_only_from_regular_files() {

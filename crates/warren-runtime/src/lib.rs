@@ -19,6 +19,8 @@ mod namespace_changes;
 mod namespace_files;
 mod namespace_snapshot;
 mod namespace_suspend;
+pub mod netns;
+pub mod network;
 mod process;
 mod process_state;
 mod rooted_dir;

@@ -40,13 +40,21 @@ pub struct NamespaceConfig {
     /// Remount cgroup2 with `favordynmods` at start, which makes joining a
     /// cgroup ~30× cheaper (see `cgroup::favor_dynamic_modifications`).
     pub favor_cgroup_dynmods: bool,
+    /// Bound read-only over every new sandbox's `/etc/resolv.conf` when the
+    /// file exists at create (Warren's resolver; written by
+    /// [`HostNetwork::start`](crate::network::HostNetwork::start)). Default:
+    /// `<data_dir>/network/resolv.conf`, where the daemon's networking
+    /// writes it.
+    pub resolv_conf: Option<PathBuf>,
 }
 
 impl NamespaceConfig {
     /// The defaults for a data directory.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir: PathBuf = data_dir.into();
         Self {
-            data_dir: data_dir.into(),
+            resolv_conf: Some(crate::network::resolv_conf_path(&data_dir.join("network"))),
+            data_dir,
             cgroup_parent: "warren".into(),
             id_map_base: 1_000_000,
             id_map_count: 65536,
@@ -249,6 +257,7 @@ impl NamespaceDriver {
             read_only_binds,
             hidden_files,
             private_files,
+            resolv_conf: self.resolv_conf_for(spec),
             agent_binary: self.agent_path.clone(),
             agent_socket: self.socket_path(&spec.id),
             cgroup_procs,
@@ -288,6 +297,22 @@ impl NamespaceDriver {
             .and_then(serde_json::Value::as_i64)
             .and_then(|p| i32::try_from(p).ok())
             .ok_or_else(|| create_err("bootstrap", "helper reported no pid"))
+    }
+
+    /// The resolv.conf to bind over the sandbox's, if configured and present.
+    fn resolv_conf_for(&self, spec: &SandboxSpec) -> Option<PathBuf> {
+        let path = self.cfg.resolv_conf.clone().filter(|p| p.is_file())?;
+        // The host image shows the host's /etc read-only: a symlinked
+        // resolv.conf there cannot be replaced, so the bind is skipped
+        // (DNS on port 53 still reaches Warren's resolver through NAT).
+        if spec.layers.is_empty() && Path::new("/etc/resolv.conf").is_symlink() {
+            tracing::debug!(
+                sandbox = %spec.id,
+                "the host's /etc/resolv.conf is a symlink; not replacing it in the sandbox"
+            );
+            return None;
+        }
+        Some(path)
     }
 
     /// The sandbox's own copies of the image's /etc/passwd and /etc/group,
@@ -473,6 +498,11 @@ pub(crate) fn install_agent(bin_dir: &Path) -> Result<PathBuf, DriverError> {
 impl Driver for NamespaceDriver {
     fn name(&self) -> &'static str {
         "namespace"
+    }
+
+    fn network_namespace_pid(&self, info: &RuntimeInfo) -> Option<i32> {
+        // The agent is PID 1 of the sandbox and lives in its net namespace.
+        Some(info.pid)
     }
 
     fn has_image(&self, image: &str) -> bool {

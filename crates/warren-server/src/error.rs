@@ -14,6 +14,8 @@ pub struct ApiError {
     pub code: ErrorCode,
     /// A sentence telling the user what to change.
     pub message: String,
+    /// Seconds to send as `Retry-After` (429 `rate_limited`).
+    pub retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
@@ -22,6 +24,15 @@ impl ApiError {
         Self {
             code,
             message: message.into(),
+            retry_after_secs: None,
+        }
+    }
+
+    /// The same error, answered with a `Retry-After: secs` header.
+    pub fn with_retry_after(self, secs: u64) -> Self {
+        Self {
+            retry_after_secs: Some(secs),
+            ..self
         }
     }
 
@@ -78,7 +89,14 @@ impl IntoResponse for ApiError {
         if self.code == ErrorCode::Internal {
             tracing::error!(message = %self.message, "internal error");
         }
-        error_response(self.status(), self.code, self.message)
+        let mut response = error_response(self.status(), self.code, self.message);
+        if let Some(secs) = self.retry_after_secs {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs),
+            );
+        }
+        response
     }
 }
 

@@ -1,6 +1,7 @@
 //! Warren's HTTP API: routes (parsing and auth only), the sandbox service that
 //! owns state transitions, and the OpenAPI document.
 
+mod access;
 mod api_json;
 mod attach;
 mod auth;
@@ -10,8 +11,10 @@ mod files;
 mod images;
 mod lifecycle_state;
 mod lifetimes;
+mod network;
 mod openapi;
 mod pools;
+mod ports;
 mod process_stream;
 mod request_log;
 mod request_validation;
@@ -37,10 +40,13 @@ use warren_runtime::images::ImageStore;
 use warren_runtime::Driver;
 use warren_store::Store;
 
+pub use access::{AccessSettings, DEFAULT_CREATES_PER_MINUTE};
 pub use api_json::ApiJson;
-pub use auth::bearer_token;
+pub use auth::{bearer_token, Caller, Listener};
 pub use error::ApiError;
+pub use network::{NetworkSettings, DEFAULT_SUBNET};
 pub use openapi::openapi;
+pub use ports::PortSettings;
 pub use request_validation::{validate_create, validate_exec, ValidatedCreate};
 pub use sandbox_service::{
     new_sandbox_id, process_to_api, signal_number, ListFilter, RecoveryReport, SandboxService,
@@ -67,6 +73,12 @@ pub struct ServerConfig {
     pub id_map: (u32, u32),
     /// Largest file or tar upload in MiB (`None`: 4096).
     pub max_upload_mb: Option<u64>,
+    /// Sandbox networking.
+    pub network: NetworkSettings,
+    /// Port proxy.
+    pub ports: PortSettings,
+    /// Tokens, secrets, rate limits.
+    pub access: AccessSettings,
 }
 
 /// What every handler can reach.
@@ -105,8 +117,7 @@ impl AppState {
     }
 }
 
-fn build_router(state: AppState, require_key: bool) -> Router {
-    let store = state.store.clone();
+fn build_router(state: AppState, listener: Listener) -> Router {
     let mut router = Router::new()
         .route(
             "/v1/sandboxes",
@@ -155,6 +166,9 @@ fn build_router(state: AppState, require_key: bool) -> Router {
         .merge(lifetimes::router())
         .merge(templates::router())
         .merge(pools::router())
+        .merge(network::router())
+        .merge(ports::router())
+        .merge(access::router())
         .route("/healthz", get(routes::healthz))
         .route("/openapi.json", get(routes::openapi_json))
         .fallback(routes::not_found)
@@ -163,23 +177,25 @@ fn build_router(state: AppState, require_key: bool) -> Router {
             state.clone(),
             lifetimes::track_activity,
         ))
-        .with_state(state)
+        .with_state(state.clone())
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
         .layer(middleware::from_fn(request_log::catch_panic));
-    if require_key {
-        router = router.layer(middleware::from_fn_with_state(store, auth::require_api_key));
-    }
+    router = router.layer(middleware::from_fn_with_state(
+        (state.clone(), listener),
+        auth::authenticate,
+    ));
+    let router = ports::with_host_routing(router, state);
     router.layer(middleware::from_fn(request_log::log_request))
 }
 
 /// The API without authentication (served on the unix socket).
 pub fn router(state: AppState) -> Router {
-    build_router(state, false)
+    build_router(state, Listener::Unix)
 }
 
 /// The API behind bearer-key authentication (served on TCP).
 pub fn authenticated_router(state: AppState) -> Router {
-    build_router(state, true)
+    build_router(state, Listener::Tcp)
 }
 
 /// Binds the unix socket so that it is never reachable with a wider mode:
@@ -273,10 +289,19 @@ pub async fn serve_with_drivers(
     let service = extra_drivers
         .into_iter()
         .fold(service, SandboxService::with_driver);
-    let service = match config.max_upload_mb {
+    let mut service = match config.max_upload_mb {
         Some(mb) => service.with_max_upload_bytes(mb.saturating_mul(1024 * 1024)),
         None => service,
     };
+    service
+        .start_access(&config.data_dir, &config.access)
+        .await
+        .context("setting up tokens and secrets")?;
+    service
+        .start_network(&config.data_dir, &config.network)
+        .await
+        .context("setting up sandbox networking")?;
+    service.set_port_settings(&config.ports);
     let state = AppState::with_service(store, service);
     state
         .service
@@ -325,8 +350,11 @@ pub async fn serve_with_drivers(
         axum::serve(unix, router(state.clone())).with_graceful_shutdown(stopped(stop_rx.clone()));
     let result = match tcp {
         Some(tcp) => {
-            let tcp_server = axum::serve(tcp, authenticated_router(state))
-                .with_graceful_shutdown(stopped(stop_rx));
+            let tcp_server = axum::serve(
+                tcp,
+                authenticated_router(state).into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(stopped(stop_rx));
             tokio::try_join!(
                 async { unix_server.await.context("unix socket server") },
                 async { tcp_server.await.context("TCP server") },

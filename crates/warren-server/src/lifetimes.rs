@@ -432,6 +432,8 @@ impl SandboxService {
         let mut lifecycle = record.lifecycle.clone();
         lifecycle.memory_preserved = Some(suspending.preserves_memory());
         self.store.set_lifecycle(id, &lifecycle).await?;
+        // After the lifecycle write, which would restore the cleared address.
+        self.network_detach(&record).await;
         self.store.set_runtime(id, None).await?;
         self.transition(id, SandboxState::Suspended, None).await?;
         Ok(self.record(id).await?.to_api())
@@ -460,6 +462,8 @@ impl SandboxService {
                 let mut lifecycle = record.lifecycle.clone();
                 lifecycle.memory_preserved = None;
                 self.store.set_lifecycle(id, &lifecycle).await?;
+                // After the lifecycle write, which would drop the new address.
+                self.network_attach(record, &info).await?;
                 self.transition_with(id, SandboxState::Running, None, extra)
                     .await
             }
@@ -522,11 +526,10 @@ impl SandboxService {
             }
             None => Vec::new(),
         };
-        Ok(crate::sandbox_service::spec_for(
-            record,
-            layers,
-            snapshot_layers,
-        ))
+        let mut spec = crate::sandbox_service::spec_for(record, layers, snapshot_layers);
+        spec.env
+            .extend(self.secret_env(&record.lifecycle.secrets).await?);
+        Ok(spec)
     }
 
     /// Changes a sandbox's lifetime settings (`PATCH /v1/sandboxes/{id}`).

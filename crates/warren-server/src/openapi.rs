@@ -137,5 +137,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     doc.merge(crate::lifetimes::ApiDoc::openapi());
     doc.merge(crate::templates::ApiDoc::openapi());
     doc.merge(crate::pools::ApiDoc::openapi());
+    doc.merge(crate::network::ApiDoc::openapi());
+    doc.merge(crate::ports::ApiDoc::openapi());
+    doc.merge(crate::access::ApiDoc::openapi());
     doc
 }

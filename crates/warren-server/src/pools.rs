@@ -9,7 +9,7 @@
 //! A claim applies only the request's `name`, `metadata` and lifetime
 //! fields (`timeoutSecs`, `idleTimeoutSecs`, `onTimeout`, `autoResume`). A
 //! request that also sets `image`, `env`, `resources`, `workdir`, `user`,
-//! `driver` or `snapshot` cannot be served by a ready member and gets a
+//! `driver`, `snapshot`, `network` or `secrets` cannot be served by a ready member and gets a
 //! normal create from the template instead, as does a claim from an empty
 //! pool.
 
@@ -144,6 +144,8 @@ fn claimable(req: &CreateSandboxRequest) -> bool {
         && req.user.is_none()
         && req.driver.is_none()
         && req.snapshot.is_none()
+        && req.network.is_none()
+        && req.secrets.is_empty()
 }
 
 impl SandboxService {
@@ -195,9 +197,14 @@ impl SandboxService {
                 self.discard_member(&id, template).await;
                 continue;
             }
+            // The member's network (policy and address: its interface and
+            // firewall rules stay) and ports come with it.
             let seed = Lifecycle {
                 snapshot: record.lifecycle.snapshot.clone(),
                 template: Some(template.to_owned()),
+                network: record.lifecycle.network.clone(),
+                ports: record.lifecycle.ports.clone(),
+                secrets: record.lifecycle.secrets.clone(),
                 ..Lifecycle::default()
             };
             let mut lifecycle = self.initial_lifecycle(req, seed)?;

@@ -33,8 +33,12 @@ use crate::AppState;
 )]
 pub async fn create_sandbox(
     State(state): State<AppState>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
     ApiJson(req): ApiJson<CreateSandboxRequest>,
 ) -> Result<(StatusCode, Json<Sandbox>), ApiError> {
+    let caller = caller.map_or(crate::auth::Caller::Anonymous, |axum::Extension(c)| c);
+    crate::access::may_name_secrets(&caller, &req.secrets)?;
+    state.service.check_create_rate(&caller, 1)?;
     let sandbox = state.service.create(req).await?;
     Ok((StatusCode::CREATED, Json(sandbox)))
 }

@@ -198,6 +198,12 @@ pub struct SandboxService {
     locks: StdMutex<HashMap<String, Arc<Mutex<()>>>>,
     /// State of the lifetime, event, template and pool machinery.
     pub(crate) lifecycle: crate::lifecycle_state::LifecycleState,
+    /// Sandbox networking (`network.rs`).
+    pub(crate) net: crate::network::NetState,
+    /// Exposed ports and the proxy (`ports.rs`).
+    pub(crate) ports: crate::ports::PortState,
+    /// Tokens, secrets and rate limits (`access.rs`).
+    pub(crate) access: crate::access::AccessState,
 }
 
 /// The command an image runs when a request gives none: its `Entrypoint`
@@ -286,6 +292,9 @@ impl SandboxService {
             driver,
             drivers,
             lifecycle: Default::default(),
+            net: Default::default(),
+            ports: Default::default(),
+            access: Default::default(),
             default_disk_mb: None,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             images: None,
@@ -471,7 +480,8 @@ impl SandboxService {
             .remove(id);
     }
 
-    /// Sets the state and records the transition as an event.
+    /// Sets the state and records the transition as an event. A sandbox
+    /// that becomes failed loses its network (interface, rules, address).
     pub(crate) async fn transition(
         &self,
         id: &str,
@@ -490,7 +500,8 @@ impl SandboxService {
         reason: Option<&str>,
         extra: serde_json::Map<String, serde_json::Value>,
     ) -> Result<(), ApiError> {
-        let current = self.record(id).await?.state;
+        let record = self.record(id).await?;
+        let current = record.state;
         if !current.can_become(state) {
             return Err(ApiError::invalid_state(format!(
                 "sandbox {id} is {} and cannot become {}",
@@ -499,6 +510,12 @@ impl SandboxService {
             )));
         }
         self.store.set_state(id, state, reason).await?;
+        if state == SandboxState::Failed {
+            // Whatever failed it (its processes died, recovery could not
+            // adopt it, its network could not be set up), a failed sandbox
+            // keeps no interface, firewall chain or address.
+            self.network_detach(&record).await;
+        }
         let mut data = extra;
         if let Some(reason) = reason {
             data.insert("reason".to_owned(), reason.into());
@@ -539,6 +556,9 @@ impl SandboxService {
             lifecycle.snapshot = Some(source.id.clone());
         }
         let driver = Arc::clone(self.driver_named(req.driver.as_deref())?);
+        lifecycle.network = self.network_for_create(driver.name(), req.network.as_ref())?;
+        let secret_env = self.secret_env(&req.secrets).await?;
+        lifecycle.secrets = req.secrets.clone();
         let image_use = self.image_use.read().await;
         let image = match req.image.as_deref() {
             Some(name) if name != warren_api::DEFAULT_IMAGE && !name.is_empty() => {
@@ -600,16 +620,26 @@ impl SandboxService {
         drop(image_use);
         self.record_event(&id, SandboxState::Creating.as_str(), serde_json::json!({}))
             .await?;
-        let spec = spec_for(
+        let mut spec = spec_for(
             &record,
             layers,
             source.map(|s| s.layers).unwrap_or_default(),
         );
+        spec.env.extend(secret_env);
         match driver.create(&spec).await {
             Ok(info) => {
                 let json = serde_json::to_string(&info)
                     .map_err(|e| ApiError::internal(format!("encoding runtime info: {e}")))?;
                 self.store.set_runtime(&id, Some(&json)).await?;
+                if let Err(e) = self.network_attach(&record, &info).await {
+                    if let Err(destroy) = driver.destroy(&id, Some(&info)).await {
+                        tracing::warn!(sandbox = %id, error = %destroy, "could not destroy a sandbox whose network failed");
+                    }
+                    self.store.set_runtime(&id, None).await?;
+                    self.transition(&id, SandboxState::Failed, Some(&e.message))
+                        .await?;
+                    return Err(e);
+                }
                 self.transition(&id, SandboxState::Running, None).await?;
                 self.start_clocks(&id).await?;
             }
@@ -663,6 +693,7 @@ impl SandboxService {
     pub(crate) async fn delete_locked(&self, id: &str) -> Result<SandboxRecord, ApiError> {
         let record = self.record(id).await?;
         let info = parse_runtime(&record);
+        self.network_detach(&record).await;
         self.driver_of(&record)?
             .destroy(id, info.as_ref())
             .await
@@ -1071,6 +1102,9 @@ impl SandboxService {
             };
             match outcome {
                 Ok(()) => {
+                    if let Some(info) = parse_runtime(&record) {
+                        self.network_recover(&record, &info).await;
+                    }
                     if record.state == SandboxState::Creating {
                         self.transition(&record.id, SandboxState::Running, None)
                             .await?;

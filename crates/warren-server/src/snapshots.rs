@@ -796,6 +796,21 @@ impl SandboxService {
                 snapshot: Some(snap.id.clone()),
                 driver: Some(parent.driver.clone()),
                 metadata: req.metadata.clone(),
+                // Children keep the parent's egress policy and secrets; a
+                // parent from before networking (no policy, loopback only)
+                // gives children mode none, not the daemon's default.
+                network: Some(match parent.lifecycle.network.as_ref() {
+                    Some(n) => warren_api::NetworkPolicy {
+                        mode: Some(n.mode),
+                        allow_out: n.allow_out.clone(),
+                        deny_out: n.deny_out.clone(),
+                    },
+                    None => warren_api::NetworkPolicy {
+                        mode: Some(warren_api::NetworkMode::None),
+                        ..Default::default()
+                    },
+                }),
+                secrets: parent.lifecycle.secrets.clone(),
                 ..Default::default()
             };
             match self.create_sandbox(child, Lifecycle::default()).await {
@@ -916,6 +931,13 @@ impl SandboxService {
                 metadata: metadata.clone().unwrap_or_default(),
                 lifecycle: Lifecycle {
                     snapshot: Some(snap.id.clone()),
+                    // Children keep the parent's egress policy and secrets.
+                    network: parent
+                        .lifecycle
+                        .network
+                        .clone()
+                        .map(|n| warren_api::NetworkInfo { address: None, ..n }),
+                    secrets: parent.lifecycle.secrets.clone(),
                     ..Default::default()
                 },
                 ..parent.clone()
@@ -979,6 +1001,10 @@ impl SandboxService {
                             ApiError::internal(format!("encoding runtime info: {e}"))
                         })?;
                         self.store.set_runtime(&record.id, Some(&json)).await?;
+                        // Its processes run in a fresh network namespace: it
+                        // gets the parent's policy (a no-op for drivers with
+                        // their own network stack, such as gVisor).
+                        self.network_attach(record, &info).await?;
                         self.transition(&record.id, SandboxState::Running, None)
                             .await?;
                         Ok::<_, ApiError>(self.record(&record.id).await?.to_api())
@@ -1168,10 +1194,15 @@ pub(crate) async fn delete_snapshot(
 )]
 pub(crate) async fn fork_sandbox(
     State(state): State<AppState>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
     UrlPath(id): UrlPath<String>,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<ForkResult>), ApiError> {
     let req = fork_request(&body)?;
+    let caller = caller.map_or(crate::auth::Caller::Anonymous, |axum::Extension(c)| c);
+    state
+        .service
+        .check_create_rate(&caller, u32::try_from(req.count.unwrap_or(1)).unwrap_or(1))?;
     // In its own task: a client that disconnects does not stop a fork
     // halfway (its copies are all made, or undone).
     let service = Arc::clone(&state.service);

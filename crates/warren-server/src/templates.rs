@@ -297,6 +297,7 @@ fn builder_request(recipe: &CreateTemplateRequest) -> CreateSandboxRequest {
         resources: recipe.resources.clone(),
         env: recipe.env.clone(),
         workdir: recipe.workdir.clone(),
+        network: recipe.network.clone(),
         ..CreateSandboxRequest::default()
     }
 }
@@ -1003,6 +1004,32 @@ mod tests {
             ..plain.clone()
         };
         assert_ne!(recipe_hash(&plain, None), recipe_hash(&with_env, None));
+    }
+
+    #[test]
+    fn a_builder_network_changes_the_hash_and_its_absence_does_not() {
+        let plain = CreateTemplateRequest {
+            name: "t".into(),
+            setup: vec!["true".into()],
+            ..CreateTemplateRequest::default()
+        };
+        // The hash of a recipe without a network is what it was before
+        // recipes could have one (templates built then are not rebuilt).
+        assert_eq!(
+            recipe_hash(&plain, None),
+            hex::encode(Sha256::digest(br#"[{"name":"t","setup":["true"]},null]"#))
+        );
+        let with_network = CreateTemplateRequest {
+            network: Some(warren_api::NetworkPolicy {
+                mode: Some(warren_api::NetworkMode::Allowlist),
+                allow_out: vec!["example.com".into()],
+                deny_out: Vec::new(),
+            }),
+            ..plain.clone()
+        };
+        assert_ne!(recipe_hash(&plain, None), recipe_hash(&with_network, None));
+        let request = builder_request(&with_network);
+        assert_eq!(request.network, with_network.network);
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod error;
 mod events;
 mod pools;
 mod sandboxes;
+mod secrets;
 mod snapshots;
 mod templates;
 
@@ -25,6 +26,7 @@ pub use error::StoreError;
 pub use events::EventRecord;
 pub use pools::PoolRecord;
 pub use sandboxes::{Lifecycle, SandboxRecord};
+pub use secrets::SecretRecord;
 pub use snapshots::{SnapshotDefaults, SnapshotRecord};
 pub use templates::TemplateRecord;
 

@@ -82,6 +82,16 @@ pub struct Lifecycle {
     /// build ends, and at startup when a build was cut short).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub builder: Option<String>,
+    /// Egress policy and address (`None`: a sandbox from before networking,
+    /// which has loopback only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<warren_api::NetworkInfo>,
+    /// Exposed ports.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<warren_api::ExposedPort>,
+    /// Names of the secrets injected into its environment (never values).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 impl SandboxRecord {
@@ -113,6 +123,15 @@ impl SandboxRecord {
                 .lifecycle
                 .memory_preserved
                 .filter(|_| self.state == SandboxState::Suspended),
+            network: self
+                .lifecycle
+                .network
+                .clone()
+                .unwrap_or(warren_api::NetworkInfo {
+                    mode: warren_api::NetworkMode::None,
+                    ..Default::default()
+                }),
+            secrets: self.lifecycle.secrets.clone(),
         }
     }
 }

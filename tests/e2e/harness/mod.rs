@@ -196,6 +196,21 @@ impl Daemon {
     }
 }
 
+/// Deletes the nftables table of the daemon whose data dir is `data_dir`:
+/// it outlives the daemon on purpose (sandboxes stay filtered across
+/// restarts), so a test daemon's goes with the test.
+pub fn remove_nft_table(data_dir: &Path) {
+    if let Ok(table) = std::fs::read_to_string(data_dir.join("network/nft-table")) {
+        let mut words = table.split_whitespace();
+        if let (Some(family), Some(name)) = (words.next(), words.next()) {
+            let _ = Command::new("nft")
+                .args(["delete", "table", family, name])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
 pub fn cgroup_parent_dirs(parent: &str) -> Vec<PathBuf> {
     let root = Path::new("/sys/fs/cgroup");
     if root.join("cgroup.controllers").exists() {
@@ -245,6 +260,7 @@ impl Drop for Daemon {
                 let _ = child.wait();
             }
         }
+        remove_nft_table(self.data.path());
         // Whatever is still in our cgroups (a test that failed half-way) dies.
         for parent in cgroup_parent_dirs(&self.cgroup_parent) {
             if let Ok(entries) = std::fs::read_dir(&parent) {

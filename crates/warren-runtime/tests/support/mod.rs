@@ -48,6 +48,11 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 impl Harness {
     pub fn new() -> Self {
+        Self::with_config(|_| {})
+    }
+
+    /// [`Harness::new`] with changes to the driver's configuration.
+    pub fn with_config(change: impl FnOnce(&mut NamespaceConfig)) -> Self {
         warren_linux::cgroup::remove_orphaned_parents("warren-test");
         let data = tempfile::tempdir().unwrap();
         let parent = format!(
@@ -57,6 +62,7 @@ impl Harness {
         );
         let mut cfg = NamespaceConfig::new(data.path());
         cfg.cgroup_parent = parent.clone();
+        change(&mut cfg);
         let driver = NamespaceDriver::new(cfg).unwrap();
         Self {
             driver,
