@@ -179,6 +179,16 @@ impl BenchEnv {
 impl Drop for BenchEnv {
     fn drop(&mut self) {
         self.stop_daemon();
+        // The daemon's nftables table outlives it on purpose; the bench's goes.
+        if let Ok(table) = fs::read_to_string(self.dir.join("data/network/nft-table")) {
+            let mut words = table.split_whitespace();
+            if let (Some(family), Some(name)) = (words.next(), words.next()) {
+                let _ = std::process::Command::new("nft")
+                    .args(["delete", "table", family, name])
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
+        }
         for name in [&self.warren_cgroup, &self.peer_cgroup] {
             remove_cgroup_parent(name);
         }

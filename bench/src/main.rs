@@ -10,6 +10,7 @@ mod image;
 mod oci_registry;
 mod pause;
 mod peers;
+mod port_proxy;
 mod report;
 mod scenarios;
 mod stats;
@@ -309,6 +310,22 @@ async fn run(args: Args) -> Result<()> {
                         r.warmup, r.counted
                     );
                     gvisor::gvisor_suspend(&mut ctx).await
+                }
+                "port-proxy" => {
+                    let r = port_proxy::rounds(args.quick);
+                    eprintln!(
+                        "warren-bench: port-proxy ({} + {} small requests per path, then one 256 MiB download per path)",
+                        r.warmup, r.counted
+                    );
+                    port_proxy::port_proxy(&mut ctx).await
+                }
+                "network-modes" => {
+                    let r = port_proxy::mode_rounds(args.quick);
+                    eprintln!(
+                        "warren-bench: network-modes ({} + {} creates per mode: none, internet, allowlist)",
+                        r.warmup, r.counted
+                    );
+                    port_proxy::network_modes(&mut ctx).await
                 }
                 "density" => {
                     eprintln!(

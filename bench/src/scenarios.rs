@@ -24,7 +24,7 @@ pub(crate) fn check_stop() -> Result<()> {
 }
 
 /// Scenarios that exist in the issue but whose Warren capability is not built yet.
-pub const UNAVAILABLE: &[&str] = &["port-proxy"];
+pub const UNAVAILABLE: &[&str] = &[];
 /// Scenarios that run today, in `all` order.
 pub const AVAILABLE: &[&str] = &[
     "create",
@@ -39,6 +39,8 @@ pub const AVAILABLE: &[&str] = &[
     "warm-pool",
     "concurrent",
     "density",
+    "port-proxy",
+    "network-modes",
 ];
 
 /// Round counts: (warm-up, counted).
@@ -84,10 +86,10 @@ struct WarrenRound {
     delete: f64,
 }
 
-async fn warren_round(client: &Client) -> Result<WarrenRound> {
+async fn warren_round(client: &Client, request: &CreateSandboxRequest) -> Result<WarrenRound> {
     let t0 = Instant::now();
     let sb = client
-        .create_sandbox(&CreateSandboxRequest::default())
+        .create_sandbox(request)
         .await
         .context("warren create")?;
     let create = ms_since(t0);
@@ -113,6 +115,19 @@ async fn warren_round(client: &Client) -> Result<WarrenRound> {
     })
 }
 
+/// The create request of the `create` scenario: loopback only, like the
+/// peers' containers (the `network-modes` scenario measures what each
+/// network mode adds).
+pub(crate) fn loopback_only() -> CreateSandboxRequest {
+    CreateSandboxRequest {
+        network: Some(warren_api::NetworkPolicy {
+            mode: Some(warren_api::NetworkMode::None),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// `create`: create → first exec of `true` → delete, interleaved with peers
 /// (and with the baseline build's daemon when there is one).
 pub async fn create(ctx: &mut Ctx, rounds: Rounds) -> Result<ScenarioResult> {
@@ -136,7 +151,7 @@ pub async fn create(ctx: &mut Ctx, rounds: Rounds) -> Result<ScenarioResult> {
         for k in 0..n_sys {
             let which = (round + k) % n_sys;
             if which == 0 {
-                let w = warren_round(&ctx.client).await?;
+                let w = warren_round(&ctx.client, &loopback_only()).await?;
                 if counted {
                     w_full.push(Some(w.create + w.exec + w.delete));
                     w_create.push(Some(w.create));
@@ -148,7 +163,10 @@ pub async fn create(ctx: &mut Ctx, rounds: Rounds) -> Result<ScenarioResult> {
             }
             if which <= n_base {
                 if let Some(base) = &ctx.baseline {
-                    let b = warren_round(base).await.context("baseline build")?;
+                    // Builds from before networking take no `network` field.
+                    let b = warren_round(base, &CreateSandboxRequest::default())
+                        .await
+                        .context("baseline build")?;
                     if counted {
                         b_create.push(Some(b.create));
                         b_ce.push(Some(b.create + b.exec));
@@ -466,7 +484,7 @@ async fn run_concurrent(client: &Client, workers: usize, total: usize) -> Result
             let mut lat = Vec::new();
             while next.fetch_add(1, Ordering::Relaxed) < total {
                 check_stop()?;
-                let w = warren_round(&client).await?;
+                let w = warren_round(&client, &loopback_only()).await?;
                 lat.push(w.create + w.exec + w.delete);
             }
             anyhow::Ok(lat)
