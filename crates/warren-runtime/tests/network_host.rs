@@ -1339,3 +1339,47 @@ async fn names_resolving_to_private_addresses_open_nothing() {
     assert_eq!(curl_in(pid, &url).await, 0, "allowOut 172.16.0.0/12");
     upstream_task.abort();
 }
+
+/// A /29 has five sandbox addresses. Five sandboxes whose hashed first
+/// choices collide (likely, with five ids into five slots) still get five
+/// different addresses (the host route is the lock: EEXIST moves on to the
+/// next candidate), and a sixth gets a clear error and leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_subnet_hands_out_each_address_once_then_refuses() {
+    require_prerequisites!();
+    let mut cleanup = Cleanup::default();
+    let state = tempfile::tempdir().unwrap();
+    let instance = format!("t{}", unique());
+    let base: Ipv4Net = test_subnet(7).parse().unwrap();
+    let subnet = format!("{}/29", base.addr);
+    let hn = start_network(&mut cleanup, &subnet, vec![], &instance, state.path()).await;
+    let internet = policy(NetMode::Internet, &[], &[]);
+    let mut addrs = Vec::new();
+    for k in 0..5 {
+        let pid = make_sandbox(&mut cleanup);
+        let id = format!("alloc{k}{}", "c".repeat(14));
+        let addr = hn.apply(&id, pid, &internet).await.unwrap().unwrap();
+        assert!(!addrs.contains(&addr), "{addr} handed out twice: {addrs:?}");
+        addrs.push(addr);
+    }
+    let pid = make_sandbox(&mut cleanup);
+    let id = format!("alloc9{}", "c".repeat(14));
+    let err = hn
+        .apply(&id, pid, &internet)
+        .await
+        .expect_err("a sixth address");
+    assert!(err.to_string().contains("no free address"), "{err}");
+    assert!(!std::path::Path::new("/sys/class/net")
+        .join(host_interface(&id))
+        .exists());
+    assert!(!nft_has(
+        &table_name(&instance),
+        "chain",
+        &format!("sb_{}", short_id(&id))
+    ));
+    for k in 0..5 {
+        hn.detach(&format!("alloc{k}{}", "c".repeat(14)))
+            .await
+            .unwrap();
+    }
+}

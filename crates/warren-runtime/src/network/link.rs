@@ -51,23 +51,43 @@ pub(crate) async fn sandbox_has_eth0(pid: i32) -> bool {
     .is_ok()
 }
 
-/// Creates the veth pair (`eth0` directly inside the namespace of `pid`)
-/// and sets the host side up with the gateway address.
+/// Creates the veth pair (`eth0` directly inside the namespace of `pid`),
+/// sets the host side up with the gateway address and claims the sandbox's
+/// address: one `ip -batch` in the common case (its first candidate
+/// address is free), more only when another sandbox holds it.
 pub(crate) async fn create_pair(
     ifname: &str,
     pid: i32,
     gateway: Ipv4Addr,
-) -> Result<(), NetworkError> {
-    let pid_s = pid.to_string();
-    run(
-        "ip",
-        &[
-            "link", "add", ifname, "type", "veth", "peer", "name", "eth0", "netns", &pid_s,
-        ],
-        None,
-    )
-    .await
-    .map_err(|e| NetworkError::Failed(format!("create veth {ifname} into pid {pid}: {e}")))?;
+    subnet: Ipv4Net,
+    sandbox: &str,
+) -> Result<Ipv4Addr, NetworkError> {
+    let mut candidates = candidates(subnet, sandbox);
+    let first = candidates
+        .next()
+        .ok_or_else(|| NetworkError::Failed(format!("no free address left in {subnet}")))?;
+    // The peer starts down and unconfigured inside the sandbox (which cannot
+    // change that: no CAP_NET_ADMIN), so nothing flows before
+    // `configure_sandbox`.
+    let batch = format!(
+        "link add {ifname} type veth peer name eth0 netns {pid}\n\
+         addr replace {gateway}/32 dev {ifname}\n\
+         link set {ifname} up\n\
+         route add {first}/32 dev {ifname} scope link\n"
+    );
+    let claimed = match run("ip", &["-batch", "-"], Some(&batch)).await {
+        Ok(_) => Some(first),
+        // Only the route failed (the link exists): the address is taken.
+        Err(e) if e.contains("File exists") && exists(ifname) => None,
+        Err(e) => {
+            if exists(ifname) {
+                let _ = delete(ifname).await;
+            }
+            return Err(NetworkError::Failed(format!(
+                "create veth {ifname} into pid {pid}: {e}"
+            )));
+        }
+    };
     // No IPv6 on Warren's links: the host side gets no link-local address.
     let _ = std::fs::write(
         format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"),
@@ -76,11 +96,10 @@ pub(crate) async fn create_pair(
     // Strict reverse-path filtering: besides the nftables `antispoof` chain,
     // the kernel drops packets whose source is not routed to this veth.
     let _ = std::fs::write(format!("/proc/sys/net/ipv4/conf/{ifname}/rp_filter"), "1");
-    let batch = format!("addr replace {gateway}/32 dev {ifname}\nlink set {ifname} up\n");
-    run("ip", &["-batch", "-"], Some(&batch))
-        .await
-        .map_err(|e| NetworkError::Failed(format!("set up host veth {ifname}: {e}")))?;
-    Ok(())
+    match claimed {
+        Some(addr) => Ok(addr),
+        None => allocate_from(ifname, subnet, candidates).await,
+    }
 }
 
 /// Candidate sandbox addresses of `subnet`, starting at a hash of the
@@ -108,7 +127,15 @@ pub(crate) async fn allocate(
     subnet: Ipv4Net,
     sandbox: &str,
 ) -> Result<Ipv4Addr, NetworkError> {
-    for addr in candidates(subnet, sandbox) {
+    allocate_from(ifname, subnet, candidates(subnet, sandbox)).await
+}
+
+async fn allocate_from(
+    ifname: &str,
+    subnet: Ipv4Net,
+    candidates: impl Iterator<Item = Ipv4Addr>,
+) -> Result<Ipv4Addr, NetworkError> {
+    for addr in candidates {
         let dst = format!("{addr}/32");
         match run(
             "ip",

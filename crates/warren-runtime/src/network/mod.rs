@@ -536,10 +536,12 @@ impl HostNetwork {
             link::delete(&ifname).await?;
         }
         let created = !link::exists(&ifname);
-        // Rules first: the interface never exists without its chain. The
+        // The rules and a new interface are made at the same time: the
+        // sandbox's `eth0` stays down and unaddressed (it cannot change that)
+        // until both are in place, so nothing flows without its chain. The
         // resolver sees the new policy as soon as the firewall has it (and
         // no answer to an older query lands in between: the gate).
-        {
+        let firewall = async {
             let _gate = self.inner.gate.write().await;
             let (registered, flush_resolved, mark) = match self.inner.registered(sandbox) {
                 // Unchanged: the same generation, in-flight queries still count.
@@ -565,17 +567,27 @@ impl HostNetwork {
                 .await?;
             self.inner
                 .set_policy(sandbox, registered, mark, flush_resolved);
-        }
-        let result = async {
-            let routed = if created {
-                link::create_pair(&ifname, netns_pid, self.inner.gateway).await?;
-                None
+            Ok::<_, NetworkError>(())
+        };
+        let new_link = async {
+            if created {
+                let (gateway, subnet) = (self.inner.gateway, self.inner.subnet);
+                link::create_pair(&ifname, netns_pid, gateway, subnet, sandbox)
+                    .await
+                    .map(Some)
             } else {
-                link::routed_address(&ifname).await?
-            };
-            let addr = match routed {
+                Ok(None)
+            }
+        };
+        let (ruled, linked) = tokio::join!(firewall, new_link);
+        let result = async {
+            ruled?;
+            let addr = match linked? {
                 Some(addr) => addr,
-                None => link::allocate(&ifname, self.inner.subnet, sandbox).await?,
+                None => match link::routed_address(&ifname).await? {
+                    Some(addr) => addr,
+                    None => link::allocate(&ifname, self.inner.subnet, sandbox).await?,
+                },
             };
             link::configure_sandbox(netns_pid, addr, self.inner.gateway).await?;
             Ok::<_, NetworkError>(addr)
@@ -588,7 +600,9 @@ impl HostNetwork {
             }
             Err(e) => {
                 if created {
-                    let _ = link::delete(&ifname).await;
+                    if link::exists(&ifname) {
+                        let _ = link::delete(&ifname).await;
+                    }
                     let _ = self.inner.firewall.remove_sandbox(&short, &ifname).await;
                     self.inner.unregister(sandbox);
                 }
