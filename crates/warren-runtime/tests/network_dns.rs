@@ -92,9 +92,20 @@ impl Drop for FakeUpstream {
 
 impl FakeUpstream {
     async fn start() -> FakeUpstream {
-        let udp = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        // UDP and TCP on one port: an ephemeral UDP port may be taken for
+        // TCP by someone else, so try again with another.
+        let mut attempts = 0;
+        let (udp, tcp) = loop {
+            let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            match TcpListener::bind(udp.local_addr().unwrap()).await {
+                Ok(tcp) => break (Arc::new(udp), tcp),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempts < 50 => {
+                    attempts += 1;
+                }
+                Err(e) => panic!("binding the fake upstream: {e}"),
+            }
+        };
         let addr = udp.local_addr().unwrap();
-        let tcp = TcpListener::bind(addr).await.unwrap();
         let asked = Arc::new(Mutex::new(Vec::new()));
         let udp_asked = Arc::clone(&asked);
         let udp_task = tokio::spawn(async move {
