@@ -108,6 +108,15 @@ fn own_ns_id() -> Result<NsId, NetnsError> {
     ns_id(&own).map_err(NetnsError::io("reading the daemon's network namespace"))
 }
 
+/// Whether the process `pid` is in the daemon's own network namespace (a
+/// stale pid that now names a host process). Used by the network code
+/// before it configures a namespace, which has only the pid.
+pub(crate) fn in_daemon_namespace(pid: i32) -> Result<bool, NetnsError> {
+    let ns = open_ns(NetnsOwner::new(pid, 0))?;
+    let id = ns_id(&ns).map_err(NetnsError::io("reading the sandbox's network namespace"))?;
+    Ok(id == own_ns_id()?)
+}
+
 /// Opens `/proc/PID/ns/net`; a pid that does not exist is [`NetnsError::Gone`].
 fn open_ns(owner: NetnsOwner) -> Result<File, NetnsError> {
     File::open(format!("/proc/{}/ns/net", owner.pid)).map_err(|e| {

@@ -47,7 +47,6 @@ pub mod policy;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -639,17 +638,15 @@ impl HostNetwork {
 /// "the sandbox side" there would rewrite the host's addresses and default
 /// route (a stale pid, reused by a host process).
 fn ensure_foreign_netns(pid: i32) -> Result<(), NetworkError> {
-    let theirs = std::fs::metadata(format!("/proc/{pid}/ns/net")).map_err(|e| {
-        NetworkError::Failed(format!("read the network namespace of pid {pid}: {e}"))
-    })?;
-    let ours = std::fs::metadata("/proc/self/ns/net")
-        .map_err(|e| NetworkError::Failed(format!("read the daemon's network namespace: {e}")))?;
-    if (theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()) {
-        return Err(NetworkError::Failed(format!(
+    match crate::netns::in_daemon_namespace(pid) {
+        Ok(false) => Ok(()),
+        Ok(true) => Err(NetworkError::Failed(format!(
             "pid {pid} is in the host's network namespace, not a sandbox's (a stale pid?); refusing to configure it"
-        )));
+        ))),
+        Err(e) => Err(NetworkError::Failed(format!(
+            "read the network namespace of pid {pid}: {e}"
+        ))),
     }
-    Ok(())
 }
 
 /// Refuses a subnet that overlaps a host route Warren did not make (one
